@@ -63,10 +63,10 @@ class AttentionProcessor(Protocol):
     """What a processor is: given the layer (for its weights), the input tokens ``x [..., n, c]`` and an optional
     ``context [..., m, c_ctx]`` (None for self-attention), return the layer's output ``[..., n, c]``."""
 
-    def __call__(self, attn: "Attention", x: Tensor, context: Tensor | None) -> Tensor: ...
+    def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor: ...
 
 
-def default_processor(attn: "Attention", x: Tensor, context: Tensor | None) -> Tensor:
+def default_processor(attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
     """The unmodified computation. For a layer with a ``pos_encoder`` (temporal attention, tokens ``[N, f, c]``),
     frame j's embedding is added to the input before the q/k/v projections, as AnimateDiff does."""
     if attn.pos_encoder is not None:

@@ -31,7 +31,7 @@ class UNetConfig:
         return self.model_channels * 4
 
     @classmethod
-    def tiny(cls) -> "UNetConfig":
+    def tiny(cls) -> UNetConfig:
         return cls(model_channels=32, context_dim=64)
 
 
@@ -49,7 +49,7 @@ class VAEConfig:
         return tuple(self.ch * m for m in self.ch_mult)
 
     @classmethod
-    def tiny(cls) -> "VAEConfig":
+    def tiny(cls) -> VAEConfig:
         return cls(ch=32)
 
 
@@ -63,7 +63,7 @@ class CLIPTextConfig:
     mlp_dim: int = 3072  # quick_gelu MLP
 
     @classmethod
-    def tiny(cls) -> "CLIPTextConfig":
+    def tiny(cls) -> CLIPTextConfig:
         return cls(width=64, layers=2, heads=1, mlp_dim=256)
 
 
@@ -89,11 +89,11 @@ class MotionConfig:
         return self.version == 1
 
     @classmethod
-    def for_version(cls, version: int, block_channels: tuple[int, ...] = (320, 640, 1280, 1280)) -> "MotionConfig":
+    def for_version(cls, version: int, block_channels: tuple[int, ...] = (320, 640, 1280, 1280)) -> MotionConfig:
         if version not in (1, 2, 3):
             raise ValueError(f"unknown AnimateDiff motion-module version {version!r}; expected 1, 2 or 3")
         return cls(version=version, block_channels=block_channels, max_positions=24 if version == 1 else 32)
 
     @classmethod
-    def tiny(cls, version: int = 2) -> "MotionConfig":
+    def tiny(cls, version: int = 2) -> MotionConfig:
         return cls.for_version(version, UNetConfig.tiny().block_channels)

@@ -1,0 +1,167 @@
+"""The switches of AnimateZero (paper Sec. 4) and how they become processors and latent replacements.
+
+:class:`Controls` holds every switch; presets give the paper's method, plain AnimateDiff, and the five rows of the
+paper's ablation figure (Fig. 6, PAPER.md §2.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from animatezero.hooks import spatial_self_attention_layers, temporal_attention_layers
+from animatezero.processors import FramePatternAttention, KVBank, SharedFirstFrameKV, StepState
+from animatezero.windows import FramePattern, anchored_sliding_pattern, window_pattern
+
+BLOCKS = ("down", "mid", "up")
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Every switch of the image-to-video step. Defaults are the paper's method (best reading, PAPER.md §7).
+
+    Step ranges are fractions of the sampling steps, ``[start, end)``: ``(0.0, 1.0)`` is every step, ``(0.0, 0.5)``
+    the first half (the noisier steps).
+    """
+
+    # spatial appearance control (Sec. 4.1)
+    insert_latent: bool = True  # frame 0's latent := step 1's latent at the same step
+    insert_steps: tuple[float, float] = (0.0, 1.0)
+    share_kv: bool = True  # spatial self-attention of every frame uses frame 0's keys/values
+    kv_mode: str = "replace"  # "replace": Attn(Q_j, K_0, V_0); "concat": Attn(Q_j, [K_0; K_j], [V_0; V_j])
+    kv_source: str = (
+        "cached"  # "cached": recorded in step 1 (the abstract's "features"); "current": this pass's frame 0
+    )
+    kv_blocks: tuple[str, ...] = BLOCKS  # which UNet blocks share
+    kv_levels: tuple[int, ...] = (0, 1, 2, 3)  # which resolution levels share (0 = full latent resolution)
+    kv_steps: tuple[float, float] = (0.0, 1.0)
+    # temporal consistency control (Sec. 4.2)
+    window_attention: bool = True
+    window_blocks: tuple[str, ...] = ("down",)  # encoder windowed; mid and decoder keep global attention
+    window_size: int | None = None  # None = the clip length (the paper)
+    position_correction: bool = True
+
+    def __post_init__(self):
+        if self.kv_mode not in ("replace", "concat"):
+            raise ValueError(f"kv_mode must be 'replace' or 'concat', got {self.kv_mode!r}")
+        if self.kv_source not in ("cached", "current"):
+            raise ValueError(f"kv_source must be 'cached' or 'current', got {self.kv_source!r}")
+        for blocks in (self.kv_blocks, self.window_blocks):
+            if unknown := set(blocks) - set(BLOCKS):
+                raise ValueError(f"unknown UNet blocks {sorted(unknown)}; expected a subset of {BLOCKS}")
+        for name in ("insert_steps", "kv_steps"):
+            start, end = getattr(self, name)
+            if not 0.0 <= start <= end <= 1.0:
+                raise ValueError(f"{name} must be fractions with 0 <= start <= end <= 1, got {(start, end)}")
+        if self.window_size is not None and self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1 or None, got {self.window_size}")
+
+    # presets ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls) -> Controls:
+        """AnimateZero as described: latent insertion + K/V sharing + positional-corrected window attention."""
+        return cls()
+
+    @classmethod
+    def animatediff(cls) -> Controls:
+        """Every control off: plain AnimateDiff text-to-video (the baseline)."""
+        return cls(insert_latent=False, share_kv=False, window_attention=False)
+
+    @classmethod
+    def ablation(cls, row: int) -> Controls:
+        """Rows of the paper's ablation figure (Fig. 6): 1 AnimateDiff, 2 + latent insertion, 3 + K/V sharing,
+        4 + window attention without position correction, 5 + position correction (= :meth:`paper`)."""
+        rows = {
+            1: cls.animatediff(),
+            2: cls(share_kv=False, window_attention=False),
+            3: cls(window_attention=False),
+            4: cls(position_correction=False),
+            5: cls(),
+        }
+        if row not in rows:
+            raise ValueError(f"ablation row must be 1..5, got {row}")
+        return rows[row]
+
+    PRESETS = ("paper", "animatediff", "ablation1", "ablation2", "ablation3", "ablation4", "ablation5")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> Controls:
+        """A preset by name (see ``PRESETS``), with field overrides."""
+        if name.startswith("ablation") and name[8:].isdigit():
+            base = cls.ablation(int(name[8:]))
+        elif name in ("paper", "animatezero"):
+            base = cls.paper()
+        elif name == "animatediff":
+            base = cls.animatediff()
+        else:
+            raise ValueError(f"unknown controls preset {name!r}; choose one of {cls.PRESETS}")
+        return replace(base, **overrides)
+
+    @property
+    def any(self) -> bool:
+        return self.insert_latent or self.share_kv or self.window_attention
+
+
+def steps_in_range(timesteps: Sequence[int], fraction: tuple[float, float]) -> frozenset[int]:
+    """The timesteps whose step index i satisfies ``start <= i / n < end`` (``end == 1`` includes the last step)."""
+    n = len(timesteps)
+    start, end = fraction
+    return frozenset(t for i, t in enumerate(timesteps) if start * n <= i and (i < end * n or end >= 1.0))
+
+
+def spatial_processors(
+    controls: Controls,
+    unet: nn.Module,
+    num_frames: int,
+    timesteps: Sequence[int],
+    state: StepState,
+    bank: KVBank | None,
+) -> dict:
+    """K/V-sharing processors for the selected spatial self-attention layers (empty when sharing is off)."""
+    if not controls.share_kv:
+        return {}
+    if controls.kv_source == "cached" and bank is None:
+        raise ValueError(
+            "kv_source='cached' needs the keys/values recorded in step 1: call text_to_image(..., record_kv=True) "
+            "or use kv_source='current'"
+        )
+    active = None if controls.kv_steps == (0.0, 1.0) else steps_in_range(timesteps, controls.kv_steps)
+    return {
+        name: SharedFirstFrameKV(
+            name,
+            num_frames,
+            mode=controls.kv_mode,
+            bank=bank if controls.kv_source == "cached" else None,
+            state=state,
+            active_timesteps=active,
+        )
+        for name, info in spatial_self_attention_layers(unet).items()
+        if info.block in controls.kv_blocks and info.level in controls.kv_levels
+    }
+
+
+def temporal_processors(controls: Controls, motion: nn.Module, num_frames: int, max_positions: int) -> dict:
+    """Window-attention processors for the selected motion modules. Clips longer than the position table get, in the
+    other modules, an anchored sliding window (every window keeps frame 0) instead of global attention."""
+    long_clip = num_frames > max_positions
+    windowed: FramePattern | None = None
+    if controls.window_attention:
+        windowed = window_pattern(
+            num_frames,
+            controls.window_size,
+            correction=controls.position_correction,
+            num_slots=max_positions if long_clip else None,
+        )
+    sliding = anchored_sliding_pattern(num_frames, max_positions) if long_clip else None
+    windowed_proc = FramePatternAttention(windowed) if windowed is not None else None
+    sliding_proc = FramePatternAttention(sliding) if sliding is not None else None
+    processors = {}
+    for name, info in temporal_attention_layers(motion).items():
+        processor = (
+            windowed_proc if windowed_proc is not None and info.block in controls.window_blocks else sliding_proc
+        )
+        if processor is not None:
+            processors[name] = processor
+    return processors

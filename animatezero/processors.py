@@ -1,0 +1,150 @@
+"""AnimateZero's attention processors (paper Sec. 4.1 and 4.2). Each is a small object installed on one
+``models.attention.Attention`` layer by :func:`animatezero.hooks.installed`; all of them compute through the one kernel
+``models.attention.attention``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from animatezero.windows import FramePattern
+from models.attention import Attention, attention, default_processor
+
+
+@dataclass
+class StepState:
+    """The sampling step a run is in: the timestep ``t`` being denoised. Set by the pipeline's denoiser wrapper,
+    read by processors whose behaviour depends on the step (cached K/V, injection-step ranges)."""
+
+    t: int | None = None
+
+
+@dataclass
+class KVBank:
+    """Keys/values of the first frame's spatial self-attention recorded during step 1 (paper Sec. 4.1, "latents and
+    their features"), keyed by ``(layer name, timestep)``; each entry is ``(k, v)`` of shape ``[branches, n, c]`` where
+    branches follow the guidance batch order [uncond, cond]."""
+
+    entries: dict[tuple[str, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.entries.values())
+
+    def get(self, name: str, t: int) -> tuple[Tensor, Tensor]:
+        try:
+            return self.entries[(name, t)]
+        except KeyError:
+            raise KeyError(
+                f"no recorded keys/values for layer {name!r} at timestep {t}; record them in text_to_image "
+                "(record_kv=True) with the same steps, or use kv_source='current'"
+            ) from None
+
+
+class RecordKV:
+    """Default self-attention that also stores this layer's keys/values in a :class:`KVBank` (step 1)."""
+
+    def __init__(self, name: str, bank: KVBank, state: StepState):
+        self.name, self.bank, self.state = name, bank, state
+
+    def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
+        k, v = attn.to_k(x), attn.to_v(x)  # [b, n, c]
+        self.bank.entries[(self.name, self.state.t)] = (k.detach(), v.detach())
+        return attn.to_out(attention(attn.to_q(x), k, v, attn.heads))
+
+
+class SharedFirstFrameKV:
+    """Spatial appearance control, key/value sharing (paper Sec. 4.1): every frame's spatial self-attention uses the
+    first frame's keys and values, ``Attn(Q_j, K_1, V_1)`` (``mode="replace"``) or ``Attn(Q_j, [K_1; K_j], [V_1; V_j])``
+    (``mode="concat"``). ``bank`` given: K_1, V_1 are the ones recorded in step 1 at this layer and step; otherwise they
+    come from frame 0 of the current pass. Outside ``active_timesteps`` (if given) the layer behaves as usual.
+
+    Input tokens are ``[(b f), n, c]`` with frames innermost, as the UNet lays out a video batch.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        num_frames: int,
+        *,
+        mode: str = "replace",
+        bank: KVBank | None = None,
+        state: StepState | None = None,
+        active_timesteps: frozenset[int] | None = None,
+    ):
+        if mode not in ("replace", "concat"):
+            raise ValueError(f"K/V sharing mode must be 'replace' or 'concat', got {mode!r}")
+        if (bank is not None or active_timesteps is not None) and state is None:
+            raise ValueError("cached K/V or a step range needs the run's StepState")
+        self.name, self.num_frames, self.mode = name, num_frames, mode
+        self.bank, self.state, self.active_timesteps = bank, state, active_timesteps
+
+    def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
+        if self.active_timesteps is not None and self.state.t not in self.active_timesteps:
+            return default_processor(attn, x, context)
+        x = rearrange(x, "(b f) n c -> b f n c", f=self.num_frames)
+        if self.bank is not None:
+            k0, v0 = self.bank.get(self.name, self.state.t)  # [b, n, c]
+            if k0.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"recorded K/V have {k0.shape[0]} guidance branches, this pass has {x.shape[0]}: use the same "
+                    "guidance scale (1 vs not 1) in text_to_image and animate"
+                )
+        else:
+            k0, v0 = attn.to_k(x[:, 0]), attn.to_v(x[:, 0])  # [b, n, c]
+        q = attn.to_q(x)  # [b, f, n, c]
+        if self.mode == "replace":  # all frames' queries against one key set: one attention call per branch
+            out = attention(rearrange(q, "b f n c -> b (f n) c"), k0, v0, attn.heads)  # [b, f*n, c]
+            out = rearrange(out, "b (f n) c -> (b f) n c", f=self.num_frames)
+        else:
+            k = torch.cat([k0[:, None].expand_as(q), attn.to_k(x)], dim=2)  # [b, f, 2n, c]
+            v = torch.cat([v0[:, None].expand_as(q), attn.to_v(x)], dim=2)
+            out = rearrange(attention(q, k, v, attn.heads), "b f n c -> (b f) n c")
+        return attn.to_out(out)
+
+
+def pattern_keys(pattern: FramePattern) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct (frame, position) key tokens a pattern uses and each query's log-multiplicity bias over them.
+
+    Returns ``frames [U]``, ``positions [U]`` and ``bias [f, U]`` (log of how many of the query's slots hold that token,
+    ``-inf`` where none): softmax over the U tokens with this bias equals softmax over the query's own S slots, copies
+    included, so one masked attention call computes every frame's window.
+    """
+    pairs = torch.stack([pattern.src, pattern.key_pos], dim=-1).reshape(-1, 2)  # [f*S, 2]
+    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)  # [U, 2], [f*S]
+    f, s = pattern.src.shape
+    counts = torch.zeros(f, unique.shape[0])
+    counts.scatter_add_(1, inverse.view(f, s), torch.ones(f, s))  # [f, U]
+    return unique[:, 0], unique[:, 1], counts.log()  # log(0) = -inf masks the tokens a query does not see
+
+
+class FramePatternAttention:
+    """Temporal consistency control (paper Sec. 4.2): the motion module's temporal self-attention restricted to a
+    :class:`~animatezero.windows.FramePattern` (positional-corrected window attention, or an anchored sliding window for
+    long clips). Input tokens are ``[N, f, c]`` (one sequence of frames per spatial location), without positions.
+
+    Since ``to_k``/``to_v`` have no bias, ``W(z + p) = W z + W p``: keys are built from per-frame and per-position
+    projections without re-projecting each window.
+    """
+
+    def __init__(self, pattern: FramePattern):
+        self.frames, self.positions, self.bias = pattern_keys(pattern)
+        self.query_pos = pattern.query_pos
+        self.num_frames = pattern.num_frames
+
+    def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
+        if x.shape[1] != self.num_frames:
+            raise ValueError(f"pattern made for {self.num_frames} frames, got {x.shape[1]}")
+        dev = x.device
+        pe = attn.pos_encoder(torch.arange(int(self.positions.max()) + 1, device=dev)).to(x.dtype)  # [P, c]
+        pe = torch.cat([pe, attn.pos_encoder(self.query_pos.to(dev)).to(x.dtype)])  # [P + f, c]
+        p_k, p_v = attn.to_k(pe[: -self.num_frames]), attn.to_v(pe[: -self.num_frames])  # [P, c]
+        q = attn.to_q(x + pe[-self.num_frames :])  # [N, f, c]
+        frames, positions = self.frames.to(dev), self.positions.to(dev)
+        k = attn.to_k(x)[:, frames] + p_k[positions]  # [N, U, c]
+        v = attn.to_v(x)[:, frames] + p_v[positions]  # [N, U, c]
+        return attn.to_out(attention(q, k, v, attn.heads, mask=self.bias.to(dev, q.dtype)))
