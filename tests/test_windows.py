@@ -1,0 +1,110 @@
+"""Positional-corrected window attention (paper Sec. 4.2): a naive per-frame reference with explicit key lists and
+positions, written from the definition, against the vectorized processor."""
+
+import math
+
+import pytest
+import torch
+
+from animatezero.processors import FramePatternAttention
+from animatezero.windows import anchored_sliding_pattern, global_pattern, window_pattern
+from models.attention import Attention
+
+
+def make_layer(dim=16, heads=2, max_positions=32, seed=0):
+    torch.manual_seed(seed)
+    layer = Attention(dim, heads, max_positions=max_positions)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return layer
+
+
+def naive_window_keys(f, w, correction, slots=None):
+    """From the issue's definition: frame i sees frames max(1, i-w+1)..i after copies of frame 0, in `slots` slots."""
+    s = slots or f
+    rows = []
+    for i in range(f):
+        real = list(range(max(1, i - w + 1), i + 1)) if i > 0 else []
+        real = real[len(real) - min(len(real), s - 1) :]
+        frames = [0] * (s - len(real)) + real
+        positions = list(range(s)) if correction else frames
+        rows.append((frames, positions, s - 1 if correction else i))
+    return rows
+
+
+def naive_attention(layer, x, rows):
+    """out_i = sum_m softmax_m(<W_q(z_i + p_q), W_k(z_src + p_m)> / sqrt(d)) W_v(z_src + p_m), per head, by loops."""
+    pe = layer.pos_encoder.pe[0]
+    n, f, c = x.shape
+    h = layer.heads
+    d = c // h
+    out = torch.zeros(n, f, c)
+    for i, (frames, positions, qpos) in enumerate(rows):
+        q = layer.to_q(x[:, i] + pe[qpos])  # [n, c]
+        keys = torch.stack([layer.to_k(x[:, j] + pe[p]) for j, p in zip(frames, positions)], 1)  # [n, S, c]
+        vals = torch.stack([layer.to_v(x[:, j] + pe[p]) for j, p in zip(frames, positions)], 1)
+        for head in range(h):
+            sl = slice(head * d, (head + 1) * d)
+            scores = torch.einsum("nc,nsc->ns", q[:, sl], keys[:, :, sl]) / math.sqrt(d)
+            out[:, i, sl] = torch.einsum("ns,nsc->nc", scores.softmax(-1), vals[:, :, sl])
+    return layer.to_out(out)
+
+
+def test_pattern_matches_paper_figure():
+    """Fig. 3(b), f = 6, query frame 3 (1-based): keys k_1^1 k_1^2 k_1^3 k_1^4 k_2^5 k_3^6, query q_3^6."""
+    p = window_pattern(6)
+    assert p.src[2].tolist() == [0, 0, 0, 0, 1, 2]
+    assert p.key_pos[2].tolist() == [0, 1, 2, 3, 4, 5] and p.query_pos[2].item() == 5
+    assert p.src[0].tolist() == [0] * 6 and p.src[5].tolist() == list(range(6))
+    q = window_pattern(6, correction=False)
+    assert q.key_pos[2].tolist() == [0, 0, 0, 0, 1, 2] and q.query_pos[2].item() == 2
+
+
+@pytest.mark.parametrize("f", [1, 2, 5, 8, 16])
+@pytest.mark.parametrize("w", [None, 1, 3, 4])
+@pytest.mark.parametrize("correction", [True, False])
+def test_vectorized_equals_naive(f, w, correction):
+    layer = make_layer()
+    x = torch.randn(3, f, 16, generator=torch.Generator().manual_seed(f))
+    with torch.no_grad():
+        ours = FramePatternAttention(window_pattern(f, w, correction=correction))(layer, x, None)
+        ref = naive_attention(layer, x, naive_window_keys(f, w or f, correction))
+    assert (ours - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("f, slots", [(20, 8), (33, 32)])
+def test_long_clip_window_equals_naive(f, slots):
+    layer = make_layer(max_positions=slots)
+    x = torch.randn(2, f, 16)
+    with torch.no_grad():
+        ours = FramePatternAttention(window_pattern(f, correction=True, num_slots=slots))(layer, x, None)
+        ref = naive_attention(layer, x, naive_window_keys(f, f, True, slots))
+    assert (ours - ref).abs().max().item() < 1e-5
+
+
+def test_global_pattern_equals_default_and_last_frame_equals_global():
+    layer = make_layer()
+    x = torch.randn(4, 16, 16)
+    with torch.no_grad():
+        default = layer(x)  # the default processor: every frame attends to every frame
+        glob = FramePatternAttention(global_pattern(16))(layer, x, None)
+        window = FramePatternAttention(window_pattern(16))(layer, x, None)
+    assert (glob - default).abs().max().item() < 1e-5
+    # with correction, the last frame's window is the whole clip at the original positions
+    assert (window[:, -1] - default[:, -1]).abs().max().item() < 1e-5
+    assert (window[:, :-1] - default[:, :-1]).abs().max().item() > 1e-3
+
+
+def test_anchored_sliding_pattern():
+    p = anchored_sliding_pattern(40, 32)
+    assert (p.src[:, 0] == 0).all()  # every window keeps frame 0
+    assert p.src.max().item() == 39 and p.query_pos.max().item() < 32
+    for i in range(1, 40):  # the query frame sits in its own window, at its own slot's position
+        assert p.src[i, p.query_pos[i]].item() == i
+    assert torch.equal(anchored_sliding_pattern(16, 32).src, global_pattern(16).src)
+
+
+def test_positions_beyond_table_raise():
+    layer = make_layer(max_positions=8)
+    with pytest.raises(ValueError, match="beyond this motion module's 8 positions"):
+        layer(torch.randn(1, 9, 16))
