@@ -1,0 +1,124 @@
+"""AnimateZero end to end on tiny synthetic checkpoints (paper Sec. 4): the first-frame promise, each control's effect,
+the AnimateDiff equivalence with every control off, and that processors never outlive a call."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from animatezero.controls import Controls, temporal_processors
+from animatezero.hooks import installed
+from models.attention import Attention
+
+SIZE, STEPS, FRAMES = 64, 2, 4
+
+
+@pytest.fixture(scope="module")
+def image(tiny_pipe):
+    return tiny_pipe.text_to_image("a cat, blinking", height=SIZE, width=SIZE, steps=STEPS, seed=7, record_kv=True)
+
+
+@pytest.fixture(scope="module")
+def noise(tiny_pipe):
+    return tiny_pipe.noise((1, 4, FRAMES, SIZE // 8, SIZE // 8), seed=11)
+
+
+@pytest.fixture(scope="module")
+def paper_video(tiny_pipe, image, noise):
+    return tiny_pipe.animate(image, latents=noise, num_frames=FRAMES)
+
+
+def no_processors_left(pipe):
+    layers = [m for net in (pipe.unet, pipe.motion_module) for m in net.modules() if isinstance(m, Attention)]
+    return layers and all(m.processor is None for m in layers)
+
+
+def test_trajectory_recorded(image, tiny_pipe):
+    assert len(image.trajectory) == STEPS + 1 and image.timesteps == tiny_pipe.schedule.timesteps(STEPS)
+    assert torch.equal(image.trajectory[-1], image.latent)
+    assert image.kv_bank is not None and image.info["kv_bank_bytes"] == image.kv_bank.nbytes > 0
+    n_layers = 16  # SD1.5's spatial self-attention layers: 6 down, 1 mid, 9 up
+    assert len(image.kv_bank.entries) == n_layers * STEPS
+
+
+def test_recording_does_not_change_the_image(tiny_pipe, image):
+    plain = tiny_pipe.text_to_image("a cat, blinking", height=SIZE, width=SIZE, steps=STEPS, seed=7)
+    assert torch.equal(plain.image, image.image) and plain.kv_bank is None
+
+
+def test_first_frame_is_the_image(paper_video, image, tiny_pipe):
+    assert paper_video.frames.shape == (FRAMES, 3, SIZE, SIZE)
+    assert (paper_video.frames[0] - image.image).abs().max().item() <= 1e-3
+    assert torch.equal(paper_video.latents[:, :, 0], image.latent)
+    assert no_processors_left(tiny_pipe)
+
+
+def test_all_controls_off_is_animatediff_bit_for_bit(tiny_pipe, image, noise):
+    off = tiny_pipe.animate(image, latents=noise, num_frames=FRAMES, controls=Controls.animatediff())
+    t2v = tiny_pipe.text_to_video(
+        "a cat, blinking", num_frames=FRAMES, height=SIZE, width=SIZE, steps=STEPS, latents=noise
+    )
+    assert torch.equal(off.frames, t2v.frames)
+    assert (off.frames[0] - image.image).abs().max().item() > 1e-2  # without insertion frame 0 is not the image
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"insert_latent": False},
+        {"share_kv": False},
+        {"kv_mode": "concat"},
+        {"kv_source": "current"},
+        {"kv_blocks": ("up",)},
+        {"kv_steps": (0.0, 0.5)},
+        {"window_attention": False},
+        {"window_size": 2},
+        {"position_correction": False},
+        {"window_blocks": ("down", "mid", "up")},
+    ],
+)
+def test_each_switch_changes_the_output(tiny_pipe, image, noise, paper_video, change):
+    video = tiny_pipe.animate(
+        image, latents=noise, num_frames=FRAMES, controls=dataclasses.replace(Controls(), **change)
+    )
+    assert (video.frames - paper_video.frames).abs().max().item() > 1e-4
+    assert no_processors_left(tiny_pipe)
+
+
+def test_window_attention_last_frame_equals_global(tiny_pipe):
+    """In each motion-module attention layer, with correction the last frame's window is the whole clip at the
+    original positions, so its output equals global attention's (the other frames differ)."""
+    motion = tiny_pipe.motion_module
+    processors = temporal_processors(Controls(), motion, FRAMES, motion.config.max_positions)
+    name = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0"
+    assert name in processors and not any(n.startswith(("up_blocks", "mid_block")) for n in processors)
+    layer = motion.get_submodule(name)
+    x = torch.randn(5, FRAMES, layer.to_q.in_features)  # [(b h w), f, c] frame tokens
+    with torch.inference_mode():
+        plain = layer(x)
+        with installed(motion, processors):
+            windowed = layer(x)
+    assert (windowed[:, -1] - plain[:, -1]).abs().max().item() < 1e-5
+    assert (windowed[:, 1:-1] - plain[:, 1:-1]).abs().max().item() > 1e-4
+
+
+def test_same_seed_same_video(tiny_pipe, image):
+    a = tiny_pipe.animate(image, num_frames=4, seed=3)
+    b = tiny_pipe.animate(image, num_frames=4, seed=3)
+    assert torch.equal(a.frames, b.frames) and a.seed == 3
+
+
+def test_prompt_steers_and_defaults_to_image_prompt(tiny_pipe, image, noise, paper_video):
+    same = tiny_pipe.animate(image, "a cat, blinking", latents=noise, num_frames=FRAMES)
+    other = tiny_pipe.animate(image, "a dog running on the beach", latents=noise, num_frames=FRAMES)
+    assert torch.equal(same.frames, paper_video.frames)
+    assert (other.frames[1:] - paper_video.frames[1:]).abs().max().item() > 1e-4
+    assert (other.frames[0] - image.image).abs().max().item() <= 1e-3
+
+
+def test_cached_kv_needs_recording(tiny_pipe):
+    plain = tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=2, seed=1)
+    with pytest.raises(ValueError, match="record_kv=True"):
+        tiny_pipe.animate(plain, num_frames=2)
+    video = tiny_pipe.animate(plain, num_frames=2, controls=Controls(kv_source="current"))
+    assert video.frames.shape[0] == 2
