@@ -1,0 +1,533 @@
+"""Evaluate run directories written by the pipeline, one at a time or a whole sweep.
+
+A run directory holds ``run.json`` (at least ``"prompt"``; optionally ``"reference_images"``, paths relative to
+the run directory), ``image.png`` (the step-1 T2I image or the given image) and the video as ``frames/0000.png ...``
+(preferred) or ``video.mp4`` / ``video.gif``. :func:`evaluate_run` writes ``metrics.json`` there;
+:func:`evaluate_sweep` evaluates every run below a folder and writes ``metrics.csv`` (one row per run, with the
+run's config) and ``metrics_summary.json`` (mean and 95% bootstrap CI per metric). All writes are atomic.
+
+Metric keys (all per video; ``*_wo_f0`` is the same metric on ``frames[1:]``, METRICS.md §2 "Frame 0"):
+
+=======================================  ====  ======================================================
+``text_sim``                              up   CLIP cos(prompt, frame), mean over frames
+``domain_sim``                            up   CLIP cos(frame, reference), mean over frames x refs
+``style_dist``                            down VGG-19 Gram distance to the reference(s)
+``warping_error``                         down occlusion-masked MSE after RAFT warping (Lai et al.)
+``motion``, ``dynamic``                   --   mean RAFT flow magnitude (px); VBench dynamic (0/1)
+``frame_consistency`` (``_all_pairs``)    up   CLIP cos between consecutive (all) frames
+``first_frame_{psnr,ssim,lpips}``        --   given image vs frame 0 (PSNR capped at 100 dB)
+=======================================  ====  ======================================================
+
+Command line: ``python -m evaluation.evaluate PATH [--force] [--metrics text_sim,warping_error] [--device cuda]``;
+PATH is a run directory (has ``run.json``) or a sweep folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import io as _io
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from evaluation import extractors
+from evaluation.clip_scores import (
+    all_pairs_cosine,
+    consecutive_cosine_per_pair,
+    domain_sim_per_frame,
+    encode_images,
+    encode_texts,
+    text_sim_per_frame,
+)
+from evaluation.extractors import EvaluatorUnavailable
+from evaluation.fidelity import first_frame_fidelity
+from evaluation.flow import (
+    flow_magnitude_per_pair,
+    is_dynamic,
+    nan_mean,
+    pair_flows,
+    top_flow_magnitude_per_pair,
+    warping_error_per_pair,
+)
+from evaluation.io import read_image, read_video
+from evaluation.protocols import FeatureExtractor, FlowEstimator, ImageTextEncoder, PerceptualDistance, network_meta
+from evaluation.stats import summarize_rows
+from evaluation.style import style_dist_per_frame
+
+log = logging.getLogger(__name__)
+
+ALL_METRICS = ("text_sim", "domain_sim", "style_dist", "warping_error", "motion", "frame_consistency", "first_frame")
+NETWORK_OF = {
+    "text_sim": "clip",
+    "domain_sim": "clip",
+    "frame_consistency": "clip",
+    "style_dist": "style",
+    "warping_error": "flow",
+    "motion": "flow",
+    "first_frame": "lpips",
+}
+STYLE_VARIANTS = {"gram_relu": ("relu", "gram"), "gram_conv": ("conv", "gram"), "meanstd": ("relu", "meanstd")}
+VIDEO_FILES = ("video.mp4", "video.gif", "video.webm")
+
+
+@dataclass
+class EvalConfig:
+    """Every free choice of METRICS.md that changes a number (recorded in each ``metrics.json``)."""
+
+    device: str = "auto"  # "auto": cuda when available
+    precision: str = "fp32"  # "fp16" allowed for CLIP on GPU
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    flow_model: str = "raft_large"
+    flow_weights: str = "C_T_V1"  # original raft-things port (EvalCrafter / VBench)
+    flow_updates: int = 12
+    flow_scale: float = 1.0  # 0.5 = EvalCrafter parity / CPU speed; flow is resized back to full resolution
+    style_variant: str = "gram_relu"  # gram_relu | gram_conv | meanstd
+    style_size: int | None = 256  # VGG input short side (None: native)
+    allow_download: bool | None = None  # None: allowed unless HF_HUB_OFFLINE / ANIMATEZERO_EVAL_OFFLINE
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+@dataclass
+class Networks:
+    """Evaluator networks; any left as None is loaded (lazily, once per process) from ``extractors``."""
+
+    clip: ImageTextEncoder | None = None
+    flow: FlowEstimator | None = None
+    style: FeatureExtractor | None = None
+    lpips: PerceptualDistance | None = None
+
+    def resolve(self, needed: Iterable[str], config: EvalConfig) -> Networks:
+        """A copy with every network in ``needed`` ("clip", "flow", "style", "lpips") present."""
+        out = replace(self)
+        device = config.resolved_device()
+        for name in set(needed):
+            if getattr(out, name) is not None:
+                continue
+            if name == "clip":
+                out.clip = extractors.clip_encoder(
+                    config.clip_model,
+                    config.clip_pretrained,
+                    device=device,
+                    precision=config.precision,
+                    allow_download=config.allow_download,
+                )
+            elif name == "flow":
+                out.flow = extractors.raft_flow(
+                    config.flow_model,
+                    config.flow_weights,
+                    device=device,
+                    num_flow_updates=config.flow_updates,
+                    scale=config.flow_scale,
+                    allow_download=config.allow_download,
+                )
+            elif name == "style":
+                layers = STYLE_VARIANTS[config.style_variant][0]
+                out.style = extractors.vgg19_style(
+                    layers, size=config.style_size, device=device, allow_download=config.allow_download
+                )
+            elif name == "lpips":
+                out.lpips = extractors.lpips_alex(device=device, allow_download=config.allow_download)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, fsync it, then ``os.replace`` it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None (strict JSON), tensors -> lists, recursively."""
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def load_run_video(run_dir: Path) -> tuple[Tensor, str]:
+    """The run's frames (``frames/`` preferred over an encoded video) and which source was used."""
+    frames_dir = run_dir / "frames"
+    if frames_dir.is_dir() and any(frames_dir.iterdir()):
+        return read_video(frames_dir), "frames/"
+    for name in VIDEO_FILES:
+        if (run_dir / name).is_file():
+            return read_video(run_dir / name), name
+    raise FileNotFoundError(f"{run_dir}: no frames/ folder and none of {VIDEO_FILES}")
+
+
+def _reference_paths(run_dir: Path, run: Mapping[str, Any]) -> list[Path]:
+    refs = run.get("reference_images") or []
+    if isinstance(refs, str):
+        refs = [refs]
+    paths = [p if p.is_absolute() else run_dir / p for p in map(Path, refs)]
+    if not paths and (run_dir / "image.png").is_file():
+        paths = [run_dir / "image.png"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: reference images not found: {missing}")
+    return paths
+
+
+def _select(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
+    if metrics is None:
+        return ALL_METRICS
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.split(",") if m]
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {ALL_METRICS}")
+    return tuple(m for m in ALL_METRICS if m in metrics)
+
+
+# ----------------------------------------------------------------------------------------------- one run
+
+
+def _two_variants(values: dict, per_frame: dict, key: str, items: Tensor) -> None:
+    """Store the mean over all items and over items[1:] (frame 0 or pair (0, 1) dropped)."""
+    items = items.detach().double().cpu()
+    values[key] = nan_mean(items)
+    values[f"{key}_wo_f0"] = nan_mean(items[1:])
+    per_frame[key] = items.tolist()
+
+
+@torch.no_grad()
+def compute_metrics(
+    frames: Tensor,
+    *,
+    prompt: str | None,
+    image: Tensor | None,
+    references: Tensor | None,
+    networks: Networks,
+    metrics: Sequence[str] = ALL_METRICS,
+    style_statistic: str = "gram",
+) -> tuple[dict[str, float], dict[str, list[float]], dict[str, str]]:
+    """All selected metrics of one video: ``(values, per_frame, skipped)``.
+
+    ``per_frame`` holds the per-frame (text/domain/style) or per-pair (consistency, warping, motion) values behind
+    each mean; ``skipped`` maps a metric to the reason it was not computed (missing prompt or image).
+    """
+    values: dict[str, float] = {}
+    per_frame: dict[str, list[float]] = {}
+    skipped: dict[str, str] = {}
+    if prompt is None and "text_sim" in metrics:
+        skipped["text_sim"] = "run.json has no prompt"
+    if references is None:
+        skipped.update({m: "no reference image" for m in ("domain_sim", "style_dist") if m in metrics})
+    if image is None and "first_frame" in metrics:
+        skipped["first_frame"] = "no image.png"
+    todo = [m for m in metrics if m not in skipped]
+
+    if {"text_sim", "domain_sim", "frame_consistency"} & set(todo):
+        frame_emb = encode_images(networks.clip, frames)  # [F, D]
+        if "text_sim" in todo:
+            text_emb = encode_texts(networks.clip, [prompt])
+            _two_variants(values, per_frame, "text_sim", text_sim_per_frame(frame_emb, text_emb))
+        if "domain_sim" in todo:
+            ref_emb = encode_images(networks.clip, references)
+            _two_variants(values, per_frame, "domain_sim", domain_sim_per_frame(frame_emb, ref_emb))
+        if "frame_consistency" in todo:
+            _two_variants(values, per_frame, "frame_consistency", consecutive_cosine_per_pair(frame_emb))
+            values["frame_consistency_all_pairs"] = all_pairs_cosine(frame_emb)
+            values["frame_consistency_all_pairs_wo_f0"] = all_pairs_cosine(frame_emb[1:])
+
+    if "style_dist" in todo:
+        dist = style_dist_per_frame(frames, references, networks.style, statistic=style_statistic)
+        _two_variants(values, per_frame, "style_dist", dist)
+
+    if {"warping_error", "motion"} & set(todo):
+        if frames.shape[0] < 2:
+            skipped.update({m: "fewer than two frames" for m in ("warping_error", "motion") if m in todo})
+        else:
+            forward, backward = pair_flows(frames, networks.flow)
+            if "warping_error" in todo:
+                _two_variants(values, per_frame, "warping_error", warping_error_per_pair(frames, forward, backward))
+            if "motion" in todo:
+                _two_variants(values, per_frame, "motion", flow_magnitude_per_pair(forward))
+                top = top_flow_magnitude_per_pair(forward)
+                values["dynamic"] = float(is_dynamic(top, frames.shape[0], *frames.shape[-2:]))
+                per_frame["motion_top5pct"] = top.tolist()
+
+    if "first_frame" in todo:
+        fidelity = first_frame_fidelity(frames, image, networks.lpips)
+        values.update({f"first_frame_{k}": v for k, v in fidelity.items()})
+    return values, per_frame, skipped
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    metrics: str | Sequence[str] | None = None,
+    networks: Networks | None = None,
+    config: EvalConfig | None = None,
+    *,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate one run directory; returns (and, with ``write``, atomically writes) the ``metrics.json`` content:
+    ``{"metrics": {key: float}, "per_frame": {key: [...]}, "meta": {...}}``."""
+    run_dir = Path(run_dir)
+    config = config or EvalConfig()
+    selected = _select(metrics)
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    frames, source = load_run_video(run_dir)
+    image = read_image(run_dir / "image.png") if (run_dir / "image.png").is_file() else None
+    ref_paths = _reference_paths(run_dir, run)
+    references = torch.cat([read_image(p) for p in ref_paths]) if ref_paths else None
+    prompt = run.get("prompt")
+
+    needed = {NETWORK_OF[m] for m in selected}
+    networks = networks or Networks()
+    injected = sorted(n for n in needed if getattr(networks, n) is not None)
+    nets = networks.resolve(needed, config)
+    values, per_frame, skipped = compute_metrics(
+        frames,
+        prompt=prompt,
+        image=image,
+        references=references,
+        networks=nets,
+        metrics=selected,
+        style_statistic=STYLE_VARIANTS[config.style_variant][1],
+    )
+    meta = {
+        "run_dir": str(run_dir),
+        "video_source": source,
+        "num_frames": int(frames.shape[0]),
+        "height": int(frames.shape[2]),
+        "width": int(frames.shape[3]),
+        "prompt": prompt,
+        "reference_images": [os.path.relpath(p, run_dir) for p in ref_paths],
+        "metrics_requested": list(selected),
+        "skipped": skipped,
+        "networks": {name: network_meta(getattr(nets, name)) for name in sorted(needed)},
+        "networks_injected": injected,  # passed in by the caller: the config's network fields do not apply
+        "config": asdict(config),
+        "psnr_cap_db": 100.0,
+        "torch": torch.__version__,
+        "evaluated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    result = _json_safe({"metrics": values, "per_frame": per_frame, "meta": meta})
+    if write:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- sweeps
+
+
+def find_runs(root: str | os.PathLike) -> list[Path]:
+    """Every directory at or below ``root`` that contains a ``run.json``, sorted."""
+    return sorted(p.parent for p in Path(root).rglob("run.json"))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _parse_overrides(overrides: Any) -> dict[str, Any]:
+    """Hydra override strings (``["controls=none", "+sampler.steps=25"]``) or a mapping -> flat ``{key: value}``."""
+    if isinstance(overrides, Mapping):
+        return _flatten(overrides)
+    out = {}
+    for item in overrides or []:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def run_config_fields(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The CSV's config columns for one run: top-level scalars of run.json, then its flattened ``"config"``,
+    then its ``"overrides"`` (which win when both give a key)."""
+    fields = {k: v for k, v in run.items() if isinstance(v, str | int | float | bool) or v is None}
+    fields.update(_flatten(run.get("config") or {}))
+    fields.update(_parse_overrides(run.get("overrides")))
+    return fields
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict | tuple):
+        return json.dumps(value)
+    return value
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]], metric_keys: Sequence[str]) -> str:
+    """CSV text: ``run``, config columns in first-seen order, then the metric columns."""
+    columns: list[str] = ["run"]
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in metric_keys]
+    columns += [k for k in metric_keys if any(k in row for row in rows)]
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _is_finished(metrics_path: Path, selected: Sequence[str]) -> dict[str, Any] | None:
+    """The existing ``metrics.json`` if it covers every selected metric, else None."""
+    if not metrics_path.is_file():
+        return None
+    try:
+        result = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    done = set(result.get("meta", {}).get("metrics_requested", []))
+    return result if set(selected) <= done else None
+
+
+def evaluate_sweep(
+    sweep_dir: str | os.PathLike,
+    metrics: str | Sequence[str] | None = None,
+    networks: Networks | None = None,
+    config: EvalConfig | None = None,
+    *,
+    force: bool = False,
+    group_by: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Evaluate every run below ``sweep_dir`` (skipping runs whose ``metrics.json`` already covers the selected
+    metrics, unless ``force``), then write ``metrics.csv`` and ``metrics_summary.json`` in ``sweep_dir``.
+
+    A run that fails (missing files, unreadable video) is logged and left out of the CSV; a missing evaluator
+    network (:class:`EvaluatorUnavailable`) stops the sweep. Returns the CSV rows.
+    """
+    root = Path(sweep_dir)
+    config = config or EvalConfig()
+    selected = _select(metrics)
+    rows, failures = [], {}
+    metric_keys: list[str] = []
+    for run_dir in find_runs(root):
+        name = run_dir.relative_to(root).as_posix() or "."
+        result = None if force else _is_finished(run_dir / "metrics.json", selected)
+        if result is not None:
+            log.info("skip %s (metrics.json present)", name)
+        else:
+            log.info("evaluate %s", name)
+            try:
+                result = evaluate_run(run_dir, selected, networks, config)
+            except EvaluatorUnavailable:
+                raise
+            except Exception as e:  # noqa: BLE001 - one broken run must not stop a sweep
+                log.error("failed %s: %s", name, e)
+                failures[name] = f"{type(e).__name__}: {e}"
+                continue
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        values = result.get("metrics", {})
+        metric_keys += [k for k in values if k not in metric_keys]
+        fields = {k if k not in values else f"config.{k}": v for k, v in run_config_fields(run).items()}
+        rows.append({"run": name, **fields, **values})
+
+    metric_keys = sorted(metric_keys, key=_metric_order)
+    atomic_write_text(root / "metrics.csv", rows_to_csv(rows, metric_keys))
+    summary = {
+        "num_runs": len(rows),
+        "failures": failures,
+        "group_by": list(group_by),
+        "groups": summarize_rows(rows, metric_keys, group_by),
+    }
+    atomic_write_text(root / "metrics_summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
+    return rows
+
+
+def _metric_order(key: str) -> int:
+    """Column position of a metric key: by its group in ALL_METRICS (sorting is stable within a group)."""
+    for i, group in enumerate(ALL_METRICS):
+        if key.startswith(group) or (group == "motion" and key == "dynamic"):
+            return i
+    return len(ALL_METRICS)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("path", help="a run directory (with run.json) or a sweep folder")
+    parser.add_argument("--force", action="store_true", help="re-evaluate runs that already have metrics.json")
+    parser.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(ALL_METRICS)}")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    parser.add_argument("--clip-model", default=EvalConfig.clip_model)
+    parser.add_argument("--clip-pretrained", default=EvalConfig.clip_pretrained)
+    parser.add_argument("--flow-model", default=EvalConfig.flow_model, choices=("raft_large", "raft_small"))
+    parser.add_argument("--flow-weights", default=EvalConfig.flow_weights)
+    parser.add_argument("--flow-updates", type=int, default=EvalConfig.flow_updates)
+    parser.add_argument("--flow-scale", type=float, default=EvalConfig.flow_scale)
+    parser.add_argument("--style-variant", default=EvalConfig.style_variant, choices=tuple(STYLE_VARIANTS))
+    parser.add_argument("--style-size", type=int, default=EvalConfig.style_size)
+    parser.add_argument("--group-by", default="", help="comma-separated config columns for metrics_summary.json")
+    parser.add_argument("--offline", action="store_true", help="never download evaluator weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    config = EvalConfig(
+        device=args.device,
+        precision=args.precision,
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        flow_model=args.flow_model,
+        flow_weights=args.flow_weights,
+        flow_updates=args.flow_updates,
+        flow_scale=args.flow_scale,
+        style_variant=args.style_variant,
+        style_size=args.style_size,
+        allow_download=False if args.offline else None,
+    )
+    path = Path(args.path)
+    try:
+        if (path / "run.json").is_file():
+            if not args.force and _is_finished(path / "metrics.json", _select(args.metrics)):
+                print(f"{path / 'metrics.json'} exists (use --force to recompute)")
+                return 0
+            result = evaluate_run(path, args.metrics, config=config)
+            print(json.dumps(result["metrics"], indent=2))
+        else:
+            group_by = [g for g in args.group_by.split(",") if g]
+            rows = evaluate_sweep(path, args.metrics, config=config, force=args.force, group_by=group_by)
+            print(f"{len(rows)} runs -> {path / 'metrics.csv'}, {path / 'metrics_summary.json'}")
+    except EvaluatorUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

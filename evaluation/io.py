@@ -1,0 +1,96 @@
+"""Reading videos and images into the ``[F, 3, H, W]`` float [0, 1] convention, and writing PNG frames.
+
+Frames from a folder of PNGs are preferred (no codec loss, METRICS.md §2); mp4/webm/mov are decoded with PyAV,
+GIFs with Pillow (which composites partial frames).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evaluation.video import as_image, as_video
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+
+
+def read_image(path: str | os.PathLike) -> Tensor:
+    """An RGB image file -> ``[1, 3, H, W]`` float in [0, 1] (alpha dropped, palette/greyscale converted)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return as_image(np.asarray(im.convert("RGB")))
+
+
+def read_frame_folder(folder: str | os.PathLike) -> Tensor:
+    """All image files of a folder, in file-name order (``0000.png``, ``0001.png``, ...) -> ``[F, 3, H, W]``."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no image frames in {folder}")
+    return torch.cat([read_image(p) for p in files])
+
+
+def _read_gif(path: Path) -> Tensor:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as im:
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(im)]
+    return as_video(np.stack(frames))
+
+
+def _read_av(path: Path) -> Tensor:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"no video frames decoded from {path}")
+    return as_video(np.stack(frames))
+
+
+def read_video(path: str | os.PathLike) -> Tensor:
+    """A folder of frames, a GIF, or an mp4/webm/mov/mkv/avi file -> float ``[F, 3, H, W]`` in [0, 1]."""
+    path = Path(path)
+    if path.is_dir():
+        return read_frame_folder(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        return _read_gif(path)
+    if suffix in VIDEO_SUFFIXES:
+        return _read_av(path)
+    if suffix in IMAGE_SUFFIXES:
+        return read_image(path)
+    raise ValueError(f"unsupported video file {path} (expected a frame folder, .gif or one of {VIDEO_SUFFIXES})")
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """``[F, 3, H, W]`` float in [0, 1] -> uint8 ``[F, H, W, 3]`` (rounded)."""
+    x = as_video(video).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_frames(video: Tensor, folder: str | os.PathLike) -> list[Path]:
+    """Write ``0000.png``, ``0001.png``, ... into ``folder`` (created); returns the paths."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, frame in enumerate(to_uint8(video)):
+        paths.append(folder / f"{i:04d}.png")
+        Image.fromarray(frame).save(paths[-1])
+    return paths
+
+
+def write_image(image: Tensor, path: str | os.PathLike) -> None:
+    """Write one ``[1, 3, H, W]`` / ``[3, H, W]`` image as PNG."""
+    from PIL import Image
+
+    Image.fromarray(to_uint8(as_image(image))[0]).save(path)
