@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from animatezero.hooks import spatial_self_attention_layers, temporal_attention_layers
-from animatezero.processors import FramePatternAttention, KVBank, SharedFirstFrameKV, StepState
-from animatezero.windows import FramePattern, anchored_sliding_pattern, window_pattern
+from animatezero.processors import Anchor, FramePatternAttention, SharedFirstFrameKV, StepState
+from animatezero.windows import (
+    FramePattern,
+    anchored_sliding_pattern,
+    bidirectional_window_pattern,
+    window_pattern,
+)
 
 BLOCKS = ("down", "mid", "up")
 
@@ -42,6 +48,8 @@ class Controls:
     window_blocks: tuple[str, ...] = ("down",)  # encoder windowed; mid and decoder keep global attention
     window_size: int | None = None  # None = the clip length (the paper)
     position_correction: bool = True
+    # clips longer than the motion module's position table (24 for v1, 32 for v2/v3): without this they are an error
+    sliding_windows: bool = False
 
     def __post_init__(self):
         if self.kv_mode not in ("replace", "concat"):
@@ -111,29 +119,37 @@ def steps_in_range(timesteps: Sequence[int], fraction: tuple[float, float]) -> f
     return frozenset(t for i, t in enumerate(timesteps) if start * n <= i and (i < end * n or end >= 1.0))
 
 
+def anchor_weights(num_frames: int, anchor_frames: Sequence[int]) -> Tensor | None:
+    """How much frame j shares each anchor's keys/values: one anchor -> None (all of it); two anchors at the ends ->
+    linear cross-fade ``[1 - j/(f-1), j/(f-1)]`` (our extension for interpolation; see README)."""
+    if len(anchor_frames) == 1:
+        return None
+    if len(anchor_frames) != 2:
+        raise ValueError("K/V sharing supports one or two anchor frames")
+    alpha = torch.linspace(0, 1, num_frames)[:, None]  # [f, 1]
+    return torch.cat([1 - alpha, alpha], dim=1)  # [f, 2]
+
+
 def spatial_processors(
     controls: Controls,
     unet: nn.Module,
     num_frames: int,
     timesteps: Sequence[int],
     state: StepState,
-    bank: KVBank | None,
+    anchors: Sequence[Anchor],
 ) -> dict:
     """K/V-sharing processors for the selected spatial self-attention layers (empty when sharing is off)."""
     if not controls.share_kv:
         return {}
-    if controls.kv_source == "cached" and bank is None:
-        raise ValueError(
-            "kv_source='cached' needs the keys/values recorded in step 1: call text_to_image(..., record_kv=True) "
-            "or use kv_source='current'"
-        )
     active = None if controls.kv_steps == (0.0, 1.0) else steps_in_range(timesteps, controls.kv_steps)
+    weights = anchor_weights(num_frames, [a.frame for a in anchors])
     return {
         name: SharedFirstFrameKV(
             name,
             num_frames,
             mode=controls.kv_mode,
-            bank=bank if controls.kv_source == "cached" else None,
+            anchors=tuple(anchors),
+            weights=weights,
             state=state,
             active_timesteps=active,
         )
@@ -142,13 +158,22 @@ def spatial_processors(
     }
 
 
-def temporal_processors(controls: Controls, motion: nn.Module, num_frames: int, max_positions: int) -> dict:
-    """Window-attention processors for the selected motion modules. Clips longer than the position table get, in the
-    other modules, an anchored sliding window (every window keeps frame 0) instead of global attention."""
+def temporal_processors(
+    controls: Controls, motion: nn.Module, num_frames: int, max_positions: int, *, two_anchors: bool = False
+) -> dict:
+    """Window-attention processors for the selected motion modules. With ``sliding_windows``, clips longer than the
+    position table get, in the other modules, an anchored sliding window (every window keeps frame 0) instead of
+    global attention. ``two_anchors``: the window is anchored at both ends (loops, interpolation)."""
     long_clip = num_frames > max_positions
+    if long_clip and not controls.sliding_windows:
+        raise ValueError(
+            f"{num_frames} frames exceed the motion module's {max_positions} positions; use at most {max_positions} "
+            "frames or enable sliding windows (Controls(sliding_windows=True), CLI controls.sliding_windows=true)"
+        )
     windowed: FramePattern | None = None
     if controls.window_attention:
-        windowed = window_pattern(
+        make = bidirectional_window_pattern if two_anchors else window_pattern
+        windowed = make(
             num_frames,
             controls.window_size,
             correction=controls.position_correction,

@@ -75,7 +75,7 @@ def save_video(frames: Tensor, path: str | os.PathLike, fps: int = 8) -> None:
         raise ValueError(f"unknown video format {suffix!r}: use .mp4, .gif, or a folder path for PNG frames")
     else:
         with atomic_path(path, directory=True) as tmp:
-            tmp.mkdir()
+            tmp.mkdir(exist_ok=True)  # atomic_path(directory=True) yields an existing temporary folder
             for i, a in enumerate(arrays):
                 Image.fromarray(a).save(tmp / f"{i:04d}.png")
 

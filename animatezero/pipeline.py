@@ -5,18 +5,21 @@ motion modules under AnimateZero's controls. Plain AnimateDiff text-to-video is 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from contextlib import ExitStack
+from dataclasses import replace as replace_fields
 
 import torch
 from torch import Tensor
 
 from animatezero.controls import Controls, spatial_processors, steps_in_range, temporal_processors
 from animatezero.hooks import installed, spatial_self_attention_layers
-from animatezero.processors import KVBank, RecordKV, StepState
+from animatezero.io import load_image
+from animatezero.processors import Anchor, KVBank, RecordKV, StepState
 from animatezero.results import ImageResult, VideoResult
-from models.ddim import DDIMSchedule, ddim_sample
+from models.ddim import DDIMSchedule, ddim_invert, ddim_sample
 from models.guidance import cfg_denoiser
 
 MIN_SIZE, MAX_SIZE = 64, 2048
@@ -156,9 +159,11 @@ class AnimateZeroPipeline:
         seed: int | None = None,
         latents: Tensor | None = None,
         record_kv: bool = False,
+        callback=None,
     ) -> ImageResult:
         """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
-        ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch."""
+        ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
+        sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
         check_size(height, width)
         check_sampling(steps, guidance_scale)
         shape = (1, 4, height // 8, width // 8)
@@ -169,8 +174,14 @@ class AnimateZeroPipeline:
         recorders = {n: RecordKV(n, bank, state) for n in spatial_self_attention_layers(self.unet)} if bank else {}
         trajectory: list[Tensor] = []
         denoise = self._denoiser(self.encode_prompt(prompt), self.encode_prompt(negative_prompt), guidance_scale, state)
+
+        def record(s) -> None:
+            trajectory.append(s.x)
+            if callback is not None:
+                callback(s)
+
         with installed(self.unet, recorders):
-            z0 = ddim_sample(denoise, x, self.schedule, steps, callback=lambda s: trajectory.append(s.x))
+            z0 = ddim_sample(denoise, x, self.schedule, steps, callback=record)
         trajectory.append(z0)
         info = {"kv_bank_bytes": bank.nbytes} if bank else {}
         return ImageResult(
@@ -186,6 +197,23 @@ class AnimateZeroPipeline:
             info=info,
         )
 
+    @torch.inference_mode()
+    def record_features(self, image: ImageResult) -> KVBank:
+        """Replay step 1 over ``image``'s trajectory and record the spatial self-attention keys/values of every layer,
+        step and guidance branch. The UNet sees exactly the inputs it saw while generating, so this equals recording
+        during :meth:`text_to_image`; it also gives features to inverted real images and to candidates made without
+        ``record_kv``."""
+        state, bank = StepState(), KVBank()
+        recorders = {n: RecordKV(n, bank, state) for n in spatial_self_attention_layers(self.unet)}
+        cond, uncond = self.encode_prompt(image.prompt), self.encode_prompt(image.negative_prompt)
+        denoise = self._denoiser(cond, uncond, image.guidance_scale, state)
+        with installed(self.unet, recorders):
+            for latent, t in zip(image.trajectory, image.timesteps):
+                denoise(latent.to(self.device, self.dtype), t)
+        image.kv_bank = bank
+        image.info["kv_bank_bytes"] = bank.nbytes
+        return bank
+
     # step 2 ----------------------------------------------------------------------------------------------------------
     def _require_motion(self) -> None:
         if self.motion_module is None:
@@ -194,9 +222,18 @@ class AnimateZeroPipeline:
                 "AnimateZeroPipeline.from_single_files(checkpoint, motion_module='mm_sd_v15_v2.ckpt')"
             )
 
-    def _check_frames(self, num_frames: int) -> None:
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+    def _check_frames(self, num_frames: int, minimum: int = 1) -> None:
+        if not isinstance(num_frames, int) or num_frames < minimum:
+            raise ValueError(f"num_frames must be an integer >= {minimum}, got {num_frames!r}")
+
+    def _text_context(self, prompt: str, end_prompt: str | None, num_frames: int) -> Tensor:
+        """``[1, 77, d]``, or with ``end_prompt`` per-frame embeddings ``[1, f, 77, d]`` interpolated linearly from the
+        prompt's (frame 0) to the end prompt's (last frame): text-controlled motion (paper project page)."""
+        start = self.encode_prompt(prompt)
+        if end_prompt is None:
+            return start
+        alpha = torch.linspace(0, 1, num_frames, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
+        return torch.lerp(start[:, None], self.encode_prompt(end_prompt)[:, None], alpha)  # [1, f, 77, d]
 
     @torch.inference_mode()
     def _sample_video(
@@ -207,31 +244,48 @@ class AnimateZeroPipeline:
         guidance_scale: float,
         steps: int,
         controls: Controls,
-        image: ImageResult | None,
+        anchors: list[tuple[int, ImageResult]],
         callback=None,
     ) -> Tensor:
+        """DDIM over video latents ``x [1, 4, f, h, w]`` with the controls installed. ``anchors`` are ``(frame, image)``
+        pairs whose step-1 trajectories are inserted (paper Sec. 4.1) and whose keys/values are shared."""
         num_frames = x.shape[2]
         timesteps = self.schedule.timesteps(steps)
         state = StepState()
+        if cond.ndim == 4 and uncond.ndim == 3:  # per-frame prompts: the negative prompt is the same for all frames
+            uncond = uncond[:, None].expand(-1, num_frames, -1, -1)
         replace = None
-        if controls.insert_latent:
+        if controls.insert_latent and anchors:
             insert_at = steps_in_range(timesteps, controls.insert_steps)
             final = controls.insert_steps[1] >= 1.0
 
             def replace(i: int, x: Tensor) -> Tensor:  # latent insertion (paper Sec. 4.1)
                 if (i < steps and timesteps[i] in insert_at) or (i == steps and final):
                     x = x.clone()
-                    x[:, :, 0] = image.trajectory[i].to(x.dtype)
+                    for frame, image in anchors:
+                        x[:, :, frame] = image.trajectory[i].to(x.device, x.dtype)
                 return x
 
-        bank = image.kv_bank if image is not None else None
-        sp = spatial_processors(controls, self.unet, num_frames, timesteps, state, bank) if image is not None else {}
-        tp = temporal_processors(controls, self.motion_module, num_frames, self.motion_module.config.max_positions)
+        kv_anchors = []
+        if controls.share_kv and anchors:
+            cached = controls.kv_source == "cached"
+            kv_anchors = [Anchor(frame, self._features(image) if cached else None) for frame, image in anchors]
+        sp = spatial_processors(controls, self.unet, num_frames, timesteps, state, kv_anchors) if kv_anchors else {}
+        tp = temporal_processors(
+            controls,
+            self.motion_module,
+            num_frames,
+            self.motion_module.config.max_positions,
+            two_anchors=len(anchors) == 2,
+        )
         denoise = self._denoiser(cond, uncond, guidance_scale, state)
         with ExitStack() as stack:
             stack.enter_context(installed(self.unet, sp))
             stack.enter_context(installed(self.motion_module, tp))
             return ddim_sample(denoise, x, self.schedule, steps, replace=replace, callback=callback)
+
+    def _features(self, image: ImageResult) -> KVBank:
+        return image.kv_bank if image.kv_bank is not None else self.record_features(image)
 
     def _video_result(self, z0: Tensor, prompt: str, seed: int | None, **info) -> VideoResult:
         b, c, f, h, w = z0.shape
@@ -251,9 +305,11 @@ class AnimateZeroPipeline:
         guidance_scale: float = 7.5,
         seed: int | None = None,
         latents: Tensor | None = None,
+        sliding_windows: bool = False,
         callback=None,
     ) -> VideoResult:
-        """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention."""
+        """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention.
+        ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
         self._require_motion()
         self._check_frames(num_frames)
         check_size(height, width)
@@ -262,8 +318,56 @@ class AnimateZeroPipeline:
         seed = seed if seed is not None or latents is not None else new_seed()
         x = self._check_latents(latents, shape) if latents is not None else self.noise(shape, seed)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, steps, Controls.animatediff(), None, callback)
+        controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
+        z0 = self._sample_video(x, cond, uncond, guidance_scale, steps, controls, [], callback)
         return self._video_result(z0, prompt, seed)
+
+    def _animate(
+        self,
+        anchors: list[tuple[int, ImageResult]],
+        prompt: str | None,
+        controls: Controls | None,
+        num_frames: int,
+        seed: int | None,
+        latents: Tensor | None,
+        negative_prompt: str | None,
+        guidance_scale: float | None,
+        end_prompt: str | None,
+        callback,
+    ) -> VideoResult:
+        self._require_motion()
+        self._check_frames(num_frames, minimum=len(anchors))
+        controls = controls if controls is not None else Controls.paper()
+        first = anchors[0][1]
+        for _, image in anchors:
+            if image.timesteps != self.schedule.timesteps(image.steps):
+                raise ValueError("the image was made with another noise schedule; make it with this pipeline")
+            if image.timesteps != first.timesteps or image.latent.shape != first.latent.shape:
+                raise ValueError(
+                    f"anchor images must share steps and size: got {image.steps} steps at {image.height}x{image.width}"
+                    f" and {first.steps} steps at {first.height}x{first.width}"
+                )
+        guidance_scale = first.guidance_scale if guidance_scale is None else guidance_scale
+        check_sampling(first.steps, guidance_scale)
+        if controls.share_kv and controls.kv_source == "cached" and guidance_scale != first.guidance_scale:
+            if (guidance_scale == 1.0) != (first.guidance_scale == 1.0):
+                raise ValueError(
+                    f"cached keys/values were recorded with guidance {first.guidance_scale}; animate with guidance "
+                    f"{guidance_scale} changes the number of guidance branches. Use kv_source='current' or the same "
+                    "guidance"
+                )
+        prompt = first.prompt if prompt is None else prompt
+        negative_prompt = first.negative_prompt if negative_prompt is None else negative_prompt
+        h, w = first.latent.shape[-2:]
+        shape = (1, 4, num_frames, h, w)
+        seed = seed if seed is not None or latents is not None else new_seed()
+        x = self._check_latents(latents, shape) if latents is not None else self.noise(shape, seed)
+        cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
+        z0 = self._sample_video(x, cond, uncond, guidance_scale, first.steps, controls, anchors, callback)
+        video = self._video_result(z0, prompt, seed)
+        for frame, image in anchors:  # how exactly each anchor frame came out (the paper's promise)
+            video.info[f"frame{frame}_psnr_db"] = psnr(video.frames[frame], image.image)
+        return video
 
     @torch.inference_mode()
     def animate(
@@ -277,26 +381,178 @@ class AnimateZeroPipeline:
         latents: Tensor | None = None,
         negative_prompt: str | None = None,
         guidance_scale: float | None = None,
+        end_prompt: str | None = None,
         callback=None,
     ) -> VideoResult:
-        """Step 2 (paper Sec. 4): animate ``image`` (a step-1 result) into a clip whose first frame is that image.
+        """Step 2 (paper Sec. 4): animate ``image`` (a step-1 or inverted result) into a clip whose first frame is
+        that image.
 
-        ``prompt=None`` reuses the image's prompt; another prompt steers the motion. Sampling uses the image's steps
-        (the trajectories must line up), guidance scale and negative prompt unless given.
+        ``prompt=None`` reuses the image's prompt; another prompt steers the motion. ``end_prompt`` interpolates the
+        text embedding from ``prompt`` (frame 0) to ``end_prompt`` (last frame). Sampling uses the image's steps (the
+        trajectories must line up), guidance scale and negative prompt unless given.
         """
-        self._require_motion()
-        self._check_frames(num_frames)
-        controls = controls if controls is not None else Controls.paper()
-        guidance_scale = image.guidance_scale if guidance_scale is None else guidance_scale
-        check_sampling(image.steps, guidance_scale)
-        if image.timesteps != self.schedule.timesteps(image.steps):
-            raise ValueError("the image was made with another noise schedule; make it with this pipeline")
-        prompt = image.prompt if prompt is None else prompt
-        negative_prompt = image.negative_prompt if negative_prompt is None else negative_prompt
-        h, w = image.latent.shape[-2:]
-        shape = (1, 4, num_frames, h, w)
-        seed = seed if seed is not None or latents is not None else new_seed()
-        x = self._check_latents(latents, shape) if latents is not None else self.noise(shape, seed)
-        cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, image.steps, controls, image, callback)
-        return self._video_result(z0, prompt, seed)
+        return self._animate(
+            [(0, image)],
+            prompt,
+            controls,
+            num_frames,
+            seed,
+            latents,
+            negative_prompt,
+            guidance_scale,
+            end_prompt,
+            callback,
+        )
+
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        first: ImageResult,
+        last: ImageResult,
+        prompt: str | None = None,
+        *,
+        controls: Controls | None = None,
+        num_frames: int = 16,
+        seed: int | None = None,
+        latents: Tensor | None = None,
+        negative_prompt: str | None = None,
+        guidance_scale: float | None = None,
+        callback=None,
+    ) -> VideoResult:
+        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; see README):
+        both trajectories are inserted (frame 0 and frame f-1), keys/values cross-fade from the first image's to the
+        last's, and the window attention is anchored at both ends. Both anchor frames are reproduced exactly."""
+        return self._animate(
+            [(0, first), (num_frames - 1, last)],
+            prompt,
+            controls,
+            num_frames,
+            seed,
+            latents,
+            negative_prompt,
+            guidance_scale,
+            None,
+            callback,
+        )
+
+    def loop(self, image: ImageResult, prompt: str | None = None, **kwargs) -> VideoResult:
+        """A looping clip: first and last frame are both ``image``."""
+        return self.interpolate(image, image, prompt, **kwargs)
+
+    # applications ----------------------------------------------------------------------------------------------------
+    def candidates(self, prompt: str, seeds: list[int], **kwargs) -> list[ImageResult]:
+        """Interactive generation, step 1: several images of one prompt; animate the one you like."""
+        return [self.text_to_image(prompt, seed=seed, **kwargs) for seed in seeds]
+
+    @torch.inference_mode()
+    def invert_latent(
+        self,
+        latent: Tensor,
+        prompt: str = "",
+        *,
+        steps: int = 25,
+        guidance_scale: float = 7.5,
+        negative_prompt: str = "",
+        image: Tensor | None = None,
+    ) -> ImageResult:
+        """DDIM inversion of a clean latent ``[1, 4, h, w]`` along this pipeline's timesteps (conditional branch only,
+        as usual for inversion), giving a trajectory that :meth:`animate` consumes. ``guidance_scale`` is the one the
+        animation will use."""
+        check_sampling(steps, guidance_scale)
+        latent = latent.to(self.device, self.dtype)
+        cond = self.encode_prompt(prompt)
+        trajectory = ddim_invert(lambda x, t: self._model(x, t, cond), latent, self.schedule, steps)
+        return ImageResult(
+            image=(image if image is not None else self.decode(latent)[0]).cpu(),
+            latent=latent,
+            trajectory=trajectory,
+            timesteps=self.schedule.timesteps(steps),
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale,
+            seed=None,
+        )
+
+    @torch.inference_mode()
+    def invert_image(
+        self,
+        image: str | os.PathLike | Tensor,
+        prompt: str = "",
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int = 25,
+        guidance_scale: float = 7.5,
+        negative_prompt: str = "",
+    ) -> ImageResult:
+        """Real-image animation, step 1: fit the image to the model's grid (:func:`fit_image`), VAE-encode it and
+        DDIM-invert it. ``result.image`` is the VAE reconstruction (what frame 0 will show);
+        ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
+        pixels = load_image(image) if not isinstance(image, Tensor) else image.float()
+        pixels = fit_image(pixels, height, width)  # [3, H, W] in [0, 1]
+        latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
+        result = self.invert_latent(
+            latent, prompt, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt
+        )
+        result.info.update(
+            psnr_db=psnr(result.image, pixels), source=str(image) if not isinstance(image, Tensor) else "tensor"
+        )
+        return result
+
+    @torch.inference_mode()
+    def continue_video(
+        self,
+        video: VideoResult,
+        prompt: str | None = None,
+        *,
+        num_frames: int = 16,
+        steps: int = 25,
+        guidance_scale: float = 7.5,
+        negative_prompt: str = "",
+        controls: Controls | None = None,
+        seed: int | None = None,
+    ) -> VideoResult:
+        """A longer clip: the last frame of ``video`` (its latent, DDIM-inverted) is animated into a new clip that is
+        appended without repeating the shared frame, so the join is seamless."""
+        prompt = video.prompt if prompt is None else prompt
+        last = self.invert_latent(
+            video.latents[:, :, -1],
+            prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            image=video.frames[-1],
+        )
+        more = self.animate(last, prompt, controls=controls, num_frames=num_frames, seed=seed)
+        return VideoResult(
+            frames=torch.cat([video.frames, more.frames[1:]]),
+            latents=torch.cat([video.latents, more.latents[:, :, 1:].to(video.latents.device)], dim=2),
+            prompt=prompt,
+            seed=more.seed,
+            info={"segments": [video.num_frames, more.num_frames - 1]},
+        )
+
+
+def fit_image(image: Tensor, height: int | None = None, width: int | None = None, short_side: int = 512) -> Tensor:
+    """Resize and center-crop ``[3, H, W]`` to the model's grid. With ``height``/``width`` given: scale to cover them
+    (keeping the aspect ratio) and center-crop to exactly that size. Without: scale so the short side is ``short_side``
+    and center-crop each side down to a multiple of 64 (the UNet halves the latent three times)."""
+    import torch.nn.functional as F
+
+    _, h, w = image.shape
+    if height is None or width is None:
+        scale = short_side / min(h, w)
+        height = height or max(64, int(h * scale) // 64 * 64)
+        width = width or max(64, int(w * scale) // 64 * 64)
+    check_size(height, width)
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    resized = F.interpolate(image[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)[0]
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return resized[:, top : top + height, left : left + width].clamp(0, 1)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR in dB of two images in [0, 1] (capped at 100 dB for identical images)."""
+    mse = torch.mean((a.float().cpu() - b.float().cpu()) ** 2).item()
+    return 100.0 if mse <= 1e-10 else min(100.0, 10 * math.log10(1.0 / mse))

@@ -57,11 +57,24 @@ class RecordKV:
         return attn.to_out(attention(attn.to_q(x), k, v, attn.heads))
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A frame whose spatial keys/values other frames share: its index in the clip and, for the cached source, the
+    bank recorded in step 1 for its image (None: take them from that frame in the current pass)."""
+
+    frame: int
+    bank: KVBank | None = None
+
+
 class SharedFirstFrameKV:
     """Spatial appearance control, key/value sharing (paper Sec. 4.1): every frame's spatial self-attention uses the
     first frame's keys and values, ``Attn(Q_j, K_1, V_1)`` (``mode="replace"``) or ``Attn(Q_j, [K_1; K_j], [V_1; V_j])``
-    (``mode="concat"``). ``bank`` given: K_1, V_1 are the ones recorded in step 1 at this layer and step; otherwise they
-    come from frame 0 of the current pass. Outside ``active_timesteps`` (if given) the layer behaves as usual.
+    (``mode="concat"``). With a bank, K_1 and V_1 are the ones recorded in step 1 at this layer and step; otherwise
+    they come from frame 0 of the current pass. Outside ``active_timesteps`` (if given) the layer behaves as usual.
+
+    Several anchors (loops, interpolation; our extension) are shared together: frame j attends to the union of the
+    anchors' tokens with anchor a's tokens weighted by ``weights[j, a]`` (an additive ``log w`` bias, so a weight of 0
+    hides the anchor and frame ``anchor.frame`` sees only its own anchor when its weight row is one-hot).
 
     Input tokens are ``[(b f), n, c]`` with frames innermost, as the UNet lays out a video batch.
     """
@@ -72,39 +85,53 @@ class SharedFirstFrameKV:
         num_frames: int,
         *,
         mode: str = "replace",
-        bank: KVBank | None = None,
+        anchors: tuple[Anchor, ...] = (Anchor(0),),
+        weights: Tensor | None = None,
         state: StepState | None = None,
         active_timesteps: frozenset[int] | None = None,
     ):
         if mode not in ("replace", "concat"):
             raise ValueError(f"K/V sharing mode must be 'replace' or 'concat', got {mode!r}")
-        if (bank is not None or active_timesteps is not None) and state is None:
+        if (any(a.bank is not None for a in anchors) or active_timesteps is not None) and state is None:
             raise ValueError("cached K/V or a step range needs the run's StepState")
+        if len(anchors) > 1 and (weights is None or tuple(weights.shape) != (num_frames, len(anchors))):
+            raise ValueError(f"{len(anchors)} anchors need a weights tensor of shape [{num_frames}, {len(anchors)}]")
         self.name, self.num_frames, self.mode = name, num_frames, mode
-        self.bank, self.state, self.active_timesteps = bank, state, active_timesteps
+        self.anchors, self.state, self.active_timesteps = anchors, state, active_timesteps
+        self.log_weights = weights.log() if weights is not None else None  # [f, A]
+
+    def _anchor_kv(self, attn: Attention, x: Tensor, anchor: Anchor) -> tuple[Tensor, Tensor]:
+        if anchor.bank is None:
+            return attn.to_k(x[:, anchor.frame]), attn.to_v(x[:, anchor.frame])  # [b, n, c]
+        k, v = anchor.bank.get(self.name, self.state.t)
+        if k.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"recorded K/V have {k.shape[0]} guidance branches, this pass has {x.shape[0]}: use the same "
+                "guidance scale (1 vs not 1) in text_to_image and animate"
+            )
+        return k, v
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         if self.active_timesteps is not None and self.state.t not in self.active_timesteps:
             return default_processor(attn, x, context)
         x = rearrange(x, "(b f) n c -> b f n c", f=self.num_frames)
-        if self.bank is not None:
-            k0, v0 = self.bank.get(self.name, self.state.t)  # [b, n, c]
-            if k0.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"recorded K/V have {k0.shape[0]} guidance branches, this pass has {x.shape[0]}: use the same "
-                    "guidance scale (1 vs not 1) in text_to_image and animate"
-                )
-        else:
-            k0, v0 = attn.to_k(x[:, 0]), attn.to_v(x[:, 0])  # [b, n, c]
+        kv = [self._anchor_kv(attn, x, a) for a in self.anchors]
         q = attn.to_q(x)  # [b, f, n, c]
-        if self.mode == "replace":  # all frames' queries against one key set: one attention call per branch
-            out = attention(rearrange(q, "b f n c -> b (f n) c"), k0, v0, attn.heads)  # [b, f*n, c]
-            out = rearrange(out, "b (f n) c -> (b f) n c", f=self.num_frames)
-        else:
-            k = torch.cat([k0[:, None].expand_as(q), attn.to_k(x)], dim=2)  # [b, f, 2n, c]
-            v = torch.cat([v0[:, None].expand_as(q), attn.to_v(x)], dim=2)
-            out = rearrange(attention(q, k, v, attn.heads), "b f n c -> (b f) n c")
-        return attn.to_out(out)
+        if self.mode == "replace" and len(kv) == 1:  # all frames' queries against one key set: one call per branch
+            out = attention(rearrange(q, "b f n c -> b (f n) c"), *kv[0], attn.heads)  # [b, f*n, c]
+            return attn.to_out(rearrange(out, "b (f n) c -> (b f) n c", f=self.num_frames))
+        b, f, n, _ = q.shape
+        k = torch.cat([k for k, _ in kv], dim=1)[:, None].expand(b, f, -1, -1)  # [b, f, A*n, c]
+        v = torch.cat([v for _, v in kv], dim=1)[:, None].expand(b, f, -1, -1)
+        bias = None
+        if self.log_weights is not None:
+            bias = self.log_weights.to(q.device, q.dtype).repeat_interleave(n, dim=1)  # [f, A*n]
+        if self.mode == "concat":
+            k, v = torch.cat([k, attn.to_k(x)], dim=2), torch.cat([v, attn.to_v(x)], dim=2)  # [b, f, (A+1)*n, c]
+            if bias is not None:
+                bias = torch.cat([bias, bias.new_zeros(f, n)], dim=1)
+        mask = bias[:, None, None, :] if bias is not None else None  # [f, 1, 1, keys] over [b, f, heads, n, keys]
+        return attn.to_out(rearrange(attention(q, k, v, attn.heads, mask=mask), "b f n c -> (b f) n c"))
 
 
 def pattern_keys(pattern: FramePattern) -> tuple[Tensor, Tensor, Tensor]:

@@ -91,3 +91,23 @@ def anchored_sliding_pattern(num_frames: int, num_slots: int) -> FramePattern:
         query_pos[i] = 0 if i == 0 else 1 + (i - start)
     key_pos = torch.arange(s).expand(f, s).clone()
     return FramePattern(src=src, key_pos=key_pos, query_pos=query_pos)
+
+
+def bidirectional_window_pattern(
+    num_frames: int, window: int | None = None, *, correction: bool = True, num_slots: int | None = None
+) -> FramePattern:
+    """Window attention anchored at both ends, for loops and two-image interpolation (our extension; see README).
+
+    Frames in the first half use :func:`window_pattern` (anchored to frame 0); frames in the second half use the same
+    pattern on the time-reversed clip, so they are anchored to the last frame, which plays frame 0's role (its copies
+    fill the first slots; with correction the query takes the last position).
+    """
+    forward = window_pattern(num_frames, window, correction=correction, num_slots=num_slots)
+    f = num_frames
+    src, key_pos, query_pos = forward.src.clone(), forward.key_pos.clone(), forward.query_pos.clone()
+    for i in range(f // 2, f):
+        mirror = f - 1 - i
+        src[i] = f - 1 - forward.src[mirror]
+        key_pos[i] = forward.key_pos[mirror]
+        query_pos[i] = forward.query_pos[mirror]
+    return FramePattern(src=src, key_pos=key_pos, query_pos=query_pos)

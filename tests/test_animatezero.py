@@ -116,9 +116,11 @@ def test_prompt_steers_and_defaults_to_image_prompt(tiny_pipe, image, noise, pap
     assert (other.frames[0] - image.image).abs().max().item() <= 1e-3
 
 
-def test_cached_kv_needs_recording(tiny_pipe):
-    plain = tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=2, seed=1)
-    with pytest.raises(ValueError, match="record_kv=True"):
-        tiny_pipe.animate(plain, num_frames=2)
-    video = tiny_pipe.animate(plain, num_frames=2, controls=Controls(kv_source="current"))
-    assert video.frames.shape[0] == 2
+def test_replayed_features_equal_recorded(tiny_pipe, image, noise, paper_video):
+    """An image made without record_kv gets its keys/values by replaying step 1: identical to recording them."""
+    plain = tiny_pipe.text_to_image("a cat, blinking", height=SIZE, width=SIZE, steps=STEPS, seed=7)
+    assert plain.kv_bank is None
+    video = tiny_pipe.animate(plain, latents=noise, num_frames=FRAMES)
+    assert plain.kv_bank is not None and plain.kv_bank.entries.keys() == image.kv_bank.entries.keys()
+    assert all(torch.equal(plain.kv_bank.entries[k][0], image.kv_bank.entries[k][0]) for k in image.kv_bank.entries)
+    assert torch.equal(video.frames, paper_video.frames)

@@ -8,7 +8,7 @@ from torch import nn
 
 from animatezero.controls import Controls, steps_in_range
 from animatezero.hooks import installed
-from animatezero.processors import KVBank, RecordKV, SharedFirstFrameKV, StepState
+from animatezero.processors import Anchor, KVBank, RecordKV, SharedFirstFrameKV, StepState
 from models.attention import Attention
 
 
@@ -63,7 +63,7 @@ def test_cached_kv_uses_recorded_step(layer):
             assert torch.allclose(recorded, plain)  # recording does not change the output
         assert bank.nbytes == 2 * 2 * (2 * 5 * 16 * 4)
         x = torch.randn(2 * 3, 5, 16)
-        share = SharedFirstFrameKV("l", 3, bank=bank, state=state)
+        share = SharedFirstFrameKV("l", 3, anchors=(Anchor(0, bank),), state=state)
         state.t = 901
         out = share(layer, x, None).view(2, 3, 5, 16)
         ref = naive(layer, x.view(2, 3, 5, 16)[1, 2], image_tokens[901][1])

@@ -1,0 +1,379 @@
+"""Run directories, ``run.json`` and Weights & Biases logging, for the entry points in ``experiments/``.
+
+* :func:`prepare_run_dir` creates a run directory and proves it writable *before* any model is loaded, and refuses
+  one that already holds a run; :func:`inside` joins a configured relative path and refuses one that leaves it.
+* :class:`RunRecord` accumulates what a run did (config, seeds, checkpoint SHA-256, versions, device, timings, git
+  commit) and writes it atomically as ``run.json`` with a ``"status"`` of ``running``, ``done`` or ``failed``.
+* :class:`WandbRun` logs config, numbers, the first-frame image and the video. It is offline unless asked otherwise,
+  honours ``WANDB_MODE=disabled``, waits a bounded time for ``wandb.init``, and turns every W&B error into one
+  warning: a run never fails or hangs because of W&B.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from animatezero.io import write_json
+
+RUN_JSON = "run.json"
+SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+class OutputDirError(RuntimeError):
+    """The output directory cannot be used (not creatable, not writable, or already holds a run)."""
+
+
+class OutputPathError(ValueError):
+    """A configured output path would be written outside its run directory."""
+
+
+# ------------------------------------------------------------------------------------------------- directories
+def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Create ``path`` (and parents) and prove it writable by creating and deleting a file in it.
+
+    Raises :class:`OutputDirError` with the reason and what to do, so a bad ``out_dir`` fails before generation.
+    A directory that already holds a ``run.json`` is refused unless ``overwrite``.
+    """
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OutputDirError(
+            f"cannot write to the output directory {str(path)!r}: {e.strerror or e}. "
+            "Choose a writable one, e.g. out_dir=outputs/my_run (or paths.output_root=... for every run)."
+        ) from e
+    if not overwrite and (path / RUN_JSON).exists():
+        raise OutputDirError(
+            f"{str(path)!r} already holds a run ({RUN_JSON}); choose a fresh out_dir or pass overwrite=true"
+        )
+    return path
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` as one path component: letters, digits and ``._=+-``, not starting with a dot (no ``..``)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise OutputPathError(
+            f"{what} {name!r} cannot be a directory name: use letters, digits and ._=+- "
+            "(not starting with a dot or containing a slash)"
+        )
+    return name
+
+
+def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str = "output path") -> Path:
+    """``root / relative``, refusing absolute paths and any path that resolves outside ``root``."""
+    root = Path(root)
+    rel = Path(relative)
+    if str(relative) in ("", ".") or rel.is_absolute():
+        raise OutputPathError(f"{what} {str(relative)!r} must be a relative path inside the run directory {root}")
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()) or target == root.resolve():
+        raise OutputPathError(f"{what} {str(relative)!r} leaves the run directory {root}; use a plain file name")
+    return root / rel
+
+
+# ------------------------------------------------------------------------------------------------- provenance
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def animatezero_version() -> str:
+    """The installed distribution's version, else the source tree's pyproject version."""
+    installed = _version("animatezero")
+    if installed:
+        return installed
+    try:
+        import tomllib
+
+        data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+        return f"{data['project']['version']} (source tree)"
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
+def git_info(repo: str | os.PathLike = REPO_ROOT) -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the source checkout, or None outside git (an installed wheel)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """Versions (python, torch, animatezero, ...), the host, and the device's name."""
+    import torch
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "animatezero": animatezero_version(),
+        "cuda": torch.version.cuda,
+    }
+    for dist in ("numpy", "safetensors", "hydra-core", "omegaconf", "wandb"):
+        versions[dist] = _version(dist)
+    env: dict[str, Any] = {"versions": versions, "host": socket.gethostname(), "platform": platform.platform()}
+    if device is not None:
+        env["device"] = str(device)
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    env["git"] = git_info()
+    return env
+
+
+def checkpoint_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """SHA-256 of a checkpoint file, remembered in ``cache_dir/sha256.json`` by (real path, size, mtime), so a
+    4 GB file is hashed once and not on every run."""
+    from models.checkpoint import file_sha256
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = Path(cache_dir) / "sha256.json" if cache_dir is not None else None
+    cache: dict[str, str] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return cache[key]
+    digest = file_sha256(path)
+    if cache_file is not None:
+        try:
+            cache[key] = digest
+            write_json(cache_file, cache)
+        except OSError:
+            pass  # a read-only cache only costs time
+    return digest
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------------- run.json
+class RunRecord:
+    """The ``run.json`` of one run: fields set as the run goes, timings from :meth:`timer`, written atomically.
+
+    ``status`` is ``running`` until :meth:`done` or :meth:`failed`. A sweep skips items whose run.json says ``done``.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, **fields: Any):
+        self.run_dir = Path(run_dir)
+        self.data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "status": "running",
+            **fields,
+            "timings": {},
+            "started": now_iso(),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        }
+        self._t0 = time.perf_counter()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    @contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Adds the seconds spent inside the block to ``timings[name + "_s"]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"{name}_s"
+            self.data["timings"][key] = round(self.data["timings"].get(key, 0.0) + time.perf_counter() - t, 4)
+
+    def write(self, run_dir: str | os.PathLike | None = None) -> Path:
+        path = Path(run_dir or self.run_dir) / RUN_JSON
+        write_json(path, self.data)
+        return path
+
+    def _close(self, status: str, run_dir: str | os.PathLike | None, **fields: Any) -> Path:
+        self.data.update(fields)
+        self.data["status"] = status
+        self.data["finished"] = now_iso()
+        self.data["timings"]["total_s"] = round(time.perf_counter() - self._t0, 4)
+        return self.write(run_dir)
+
+    def done(self, run_dir: str | os.PathLike | None = None, **fields: Any) -> Path:
+        return self._close("done", run_dir, **fields)
+
+    def failed(self, error: BaseException, run_dir: str | os.PathLike | None = None) -> Path:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        return self._close(status, run_dir, error=f"{type(error).__name__}: {error}")
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run.json of ``run_dir``, or None when it is missing or unreadable (a half-finished item)."""
+    try:
+        return json.loads((Path(run_dir) / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------- W&B
+class WandbRun:
+    """A Weights & Biases run that cannot break the caller: every call is guarded, the first failure is reported
+    once with :func:`warnings.warn` and turns the logger off. Use :meth:`start`; a disabled run accepts every call
+    and does nothing."""
+
+    def __init__(self, run: Any = None, reason: str | None = None):
+        self._run = run
+        self.reason = reason  # why there is no run (disabled, failed to start, ...)
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        mode: str = "offline",
+        project: str = "animatezero",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        name: str | None = None,
+        job_type: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        dir: str | os.PathLike | None = None,
+        init_timeout: float = 30.0,
+    ) -> WandbRun:
+        """Start a run in ``mode`` (offline | online | disabled). ``WANDB_MODE=disabled`` in the environment wins.
+        ``wandb.init`` runs in a helper thread; if it neither returns nor fails within ``init_timeout`` seconds the
+        run goes on without W&B."""
+        if mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb.mode must be offline, online or disabled, got {mode!r}")
+        if mode == "disabled" or os.environ.get("WANDB_MODE", "").lower() == "disabled":
+            return cls(None, "disabled")
+        try:
+            import wandb
+        except Exception as e:  # noqa: BLE001 - not installed or broken: log nothing
+            return cls._give_up(f"cannot import wandb ({type(e).__name__}: {e})")
+        if dir is not None:
+            Path(dir).mkdir(parents=True, exist_ok=True)
+        result: dict[str, Any] = {}
+
+        def init() -> None:
+            try:
+                result["run"] = wandb.init(
+                    mode=mode,
+                    project=project,
+                    entity=entity,
+                    group=group,
+                    tags=list(tags),
+                    name=name,
+                    job_type=job_type,
+                    config=dict(config or {}),
+                    dir=str(dir) if dir is not None else None,
+                    settings=wandb.Settings(init_timeout=init_timeout, silent=True, console="off"),
+                )
+            except BaseException as e:  # noqa: BLE001 - W&B must never take the run down
+                result["error"] = e
+
+        thread = threading.Thread(target=init, name="wandb-init", daemon=True)
+        thread.start()
+        thread.join(init_timeout * 1.1 + 1.0)  # wandb.init normally gives up first, at init_timeout
+        if thread.is_alive():
+            return cls._give_up(f"wandb.init did not finish within {init_timeout:g} s")
+        if "error" in result:
+            e = result["error"]
+            return cls._give_up(f"wandb.init failed ({type(e).__name__}: {e})")
+        return cls(result.get("run"))
+
+    @classmethod
+    def _give_up(cls, reason: str) -> WandbRun:
+        warnings.warn(f"W&B logging is off for this run: {reason}. The run itself goes on.", stacklevel=3)
+        return cls(None, reason)
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> Any:
+        if self._run is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(
+                f"W&B {what} failed ({type(e).__name__}: {e}); W&B logging is off from here on.", stacklevel=3
+            )
+            self._run, self.reason = None, f"{what} failed"
+            return None
+
+    def log(self, data: Mapping[str, Any]) -> None:
+        self._guard("log", lambda: self._run.log(dict(data)))
+
+    def summary(self, data: Mapping[str, Any]) -> None:
+        self._guard("summary", lambda: self._run.summary.update(dict(data)))
+
+    def log_media(
+        self,
+        prefix: str,
+        *,
+        image: str | os.PathLike | None = None,
+        video: str | os.PathLike | None = None,
+        caption: str | None = None,
+        fps: int = 8,
+    ) -> None:
+        """The first-frame (step-1) image as ``<prefix>/image`` and the video as ``<prefix>/video``."""
+
+        def log() -> None:
+            import wandb
+
+            data = {}
+            if image is not None:
+                data[f"{prefix}/image"] = wandb.Image(str(image), caption=caption)
+            if video is not None:
+                data[f"{prefix}/video"] = wandb.Video(str(video), caption=caption, fps=fps)
+            self._run.log(data)
+
+        self._guard("media logging", log)
+
+    def finish(self, timeout: float = 120.0) -> None:
+        """Close the run (in offline mode this only flushes files). Waits at most ``timeout`` seconds."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        thread = threading.Thread(target=lambda: self._quiet_finish(run), name="wandb-finish", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            warnings.warn(f"wandb finish did not complete within {timeout:g} s; going on", stacklevel=2)
+
+    @staticmethod
+    def _quiet_finish(run: Any) -> None:
+        try:
+            run.finish()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"wandb finish failed ({type(e).__name__}: {e})", stacklevel=2)
