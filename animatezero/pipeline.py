@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace as replace_fields
 
 import torch
@@ -64,15 +64,43 @@ class AnimateZeroPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         vae_chunk_size: int | None = 8,
+        offload: bool = False,
+        compile: bool = False,
     ):
+        """``vae_chunk_size``: frames decoded at once (bounds the decode's memory). ``offload``: keep every network in
+        CPU memory and move it to the device only while it runs (lower peak memory, slower). ``compile``:
+        ``torch.compile`` the UNet forward (the first call of each shape pays the compilation)."""
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.motion_module = motion_module
         self.schedule = schedule or DDIMSchedule()
         self.device, self.dtype = torch.device(device), dtype
-        self.vae_chunk_size = vae_chunk_size
+        self.vae_chunk_size, self.offload = vae_chunk_size, offload
+        home = torch.device("cpu") if offload else self.device
         for m in (unet, vae, text_encoder, motion_module):
             if m is not None:
-                m.to(self.device, dtype).eval().requires_grad_(False)
+                m.to(home, dtype).eval().requires_grad_(False)
+        self._unet_forward = torch.compile(unet, dynamic=False) if compile else unet
+
+    @contextmanager
+    def _using(self, *modules):
+        """Run with ``modules`` on the device: a no-op unless ``offload``, then they go back to CPU memory after. A CUDA
+        out-of-memory error is re-raised naming the options that bound memory."""
+        modules = [m for m in modules if m is not None]
+        if self.offload:
+            for m in modules:
+                m.to(self.device)
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError as e:
+            raise torch.cuda.OutOfMemoryError(
+                f"{e}\n[animatezero] out of GPU memory. Options that bound memory: dtype=float16, a smaller "
+                "vae_chunk_size (e.g. 1), offload=True (networks wait in CPU memory), fewer frames or a smaller size, "
+                "kv_source='current' (no recorded keys/values)."
+            ) from e
+        finally:
+            if self.offload:
+                for m in modules:
+                    m.to("cpu")
 
     @classmethod
     def from_single_files(
@@ -107,7 +135,8 @@ class AnimateZeroPipeline:
     def encode_prompt(self, prompt: str | list[str]) -> Tensor:
         """Prompt(s) -> CLIP last hidden state ``[b, 77, d]`` (pad to 77 with end-of-text, truncate like SD)."""
         ids = self.tokenizer(prompt).to(self.device)  # [b, 77]
-        return self.text_encoder(ids).to(self.dtype)  # [b, 77, d]
+        with self._using(self.text_encoder):
+            return self.text_encoder(ids).to(self.dtype)  # [b, 77, d]
 
     def noise(self, shape: tuple[int, ...], seed: int) -> Tensor:
         """Initial latents from a CPU generator, so a seed means the same noise on every device."""
@@ -118,18 +147,19 @@ class AnimateZeroPipeline:
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[b, 4, h, w]`` -> images ``[b, 3, H, W]`` in [0, 1] (float32). In fp16 a non-finite result is
         retried in fp32 with a warning (the SD VAE can overflow in half precision)."""
-        images = self.vae.decode(latents.to(self.dtype), chunk_size=self.vae_chunk_size)
-        if not torch.isfinite(images).all() and self.dtype != torch.float32:
-            warnings.warn("the VAE decode overflowed in reduced precision; decoding again in float32", stacklevel=2)
-            self.vae.float()
-            try:
-                images = self.vae.decode(latents.float(), chunk_size=self.vae_chunk_size)
-            finally:
-                self.vae.to(self.dtype)
+        with self._using(self.vae):
+            images = self.vae.decode(latents.to(self.device, self.dtype), chunk_size=self.vae_chunk_size)
+            if not torch.isfinite(images).all() and self.dtype != torch.float32:
+                warnings.warn("the VAE decode overflowed in reduced precision; decoding again in float32", stacklevel=2)
+                self.vae.float()
+                try:
+                    images = self.vae.decode(latents.to(self.device).float(), chunk_size=self.vae_chunk_size)
+                finally:
+                    self.vae.to(self.dtype)
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def _model(self, x: Tensor, t: int, context: Tensor) -> Tensor:
-        return self.unet(x, t, context, motion=self.motion_module if x.ndim == 5 else None)
+        return self._unet_forward(x, t, context, motion=self.motion_module if x.ndim == 5 else None)
 
     def _denoiser(self, cond: Tensor, uncond: Tensor, scale: float, state: StepState):
         guided = cfg_denoiser(self._model, cond, uncond, scale)
@@ -180,7 +210,7 @@ class AnimateZeroPipeline:
             if callback is not None:
                 callback(s)
 
-        with installed(self.unet, recorders):
+        with self._using(self.unet), installed(self.unet, recorders):
             z0 = ddim_sample(denoise, x, self.schedule, steps, callback=record)
         trajectory.append(z0)
         info = {"kv_bank_bytes": bank.nbytes} if bank else {}
@@ -207,7 +237,7 @@ class AnimateZeroPipeline:
         recorders = {n: RecordKV(n, bank, state) for n in spatial_self_attention_layers(self.unet)}
         cond, uncond = self.encode_prompt(image.prompt), self.encode_prompt(image.negative_prompt)
         denoise = self._denoiser(cond, uncond, image.guidance_scale, state)
-        with installed(self.unet, recorders):
+        with self._using(self.unet), installed(self.unet, recorders):
             for latent, t in zip(image.trajectory, image.timesteps):
                 denoise(latent.to(self.device, self.dtype), t)
         image.kv_bank = bank
@@ -280,6 +310,7 @@ class AnimateZeroPipeline:
         )
         denoise = self._denoiser(cond, uncond, guidance_scale, state)
         with ExitStack() as stack:
+            stack.enter_context(self._using(self.unet, self.motion_module))
             stack.enter_context(installed(self.unet, sp))
             stack.enter_context(installed(self.motion_module, tp))
             return ddim_sample(denoise, x, self.schedule, steps, replace=replace, callback=callback)
@@ -461,7 +492,8 @@ class AnimateZeroPipeline:
         check_sampling(steps, guidance_scale)
         latent = latent.to(self.device, self.dtype)
         cond = self.encode_prompt(prompt)
-        trajectory = ddim_invert(lambda x, t: self._model(x, t, cond), latent, self.schedule, steps)
+        with self._using(self.unet):
+            trajectory = ddim_invert(lambda x, t: self._model(x, t, cond), latent, self.schedule, steps)
         return ImageResult(
             image=(image if image is not None else self.decode(latent)[0]).cpu(),
             latent=latent,
@@ -490,7 +522,8 @@ class AnimateZeroPipeline:
         ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
         pixels = load_image(image) if not isinstance(image, Tensor) else image.float()
         pixels = fit_image(pixels, height, width)  # [3, H, W] in [0, 1]
-        latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
+        with self._using(self.vae):
+            latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
         result = self.invert_latent(
             latent, prompt, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt
         )
