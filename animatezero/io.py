@@ -100,4 +100,4 @@ def load_image(path: str | os.PathLike) -> Tensor:
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {str(path)!r}: {e}. Use a PNG, JPEG or WebP file.") from e
-    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
