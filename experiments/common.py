@@ -1,0 +1,314 @@
+"""What the entry points share: turning the Hydra config into explicit objects (device, dtype, Controls, prompt
+items), tiny synthetic checkpoints for ``debug=tiny``, loading the pipeline, the two generation steps with progress
+bars, and writing a run's files. The pipeline is constructed here in code, never from ``_target_`` strings."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from animatezero.controls import Controls
+from animatezero.hub import resolve
+from animatezero.pipeline import AnimateZeroPipeline
+from animatezero.results import ImageResult, VideoResult
+from animatezero.runlog import check_name, checkpoint_sha256, inside
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
+
+
+def plain(node: Any) -> Any:
+    """A resolved config node as plain dicts/lists (for run.json and W&B)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def job_num() -> int:
+    """The Hydra multirun job number (0 outside a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else 0
+    except Exception:  # noqa: BLE001 - not running under Hydra (tests, compose)
+        return 0
+
+
+def pick_device(spec: str) -> str:
+    """``auto``: ``cuda:<job.num % GPUs>`` when CUDA is available (one GPU per multirun job), else ``cpu``."""
+    if spec != "auto":
+        if str(spec).startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"model.device={spec} but CUDA is not available here; use model.device=cpu or auto")
+        return str(spec)
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{job_num() % torch.cuda.device_count()}"
+
+
+def pick_dtype(spec: str, device: str) -> torch.dtype:
+    """``auto``: float16 on CUDA, float32 on CPU."""
+    if spec == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if spec not in DTYPES:
+        raise ValueError(f"model.dtype must be auto or one of {sorted(DTYPES)}, got {spec!r}")
+    return DTYPES[spec]
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block (None: leave it)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_sampler(sampler: DictConfig) -> None:
+    if sampler.name != "ddim":
+        raise ValueError(f"sampler {sampler.name!r} is not supported: the pipeline samples with DDIM")
+    if float(sampler.eta) != 0.0:
+        raise ValueError(f"sampler.eta={sampler.eta}: the pipeline samples with DDIM eta = 0 only")
+
+
+# ------------------------------------------------------------------------------------------------- controls
+def make_controls(fields: Mapping[str, Any], preset: str | None = None) -> Controls:
+    """``Controls`` from config fields (lists become tuples), optionally on top of a named preset."""
+    fields = dict(fields)
+    unknown = sorted(set(fields) - set(CONTROL_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown Controls fields {unknown}; the fields are {list(CONTROL_FIELDS)}")
+    fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in fields.items()}
+    return Controls.preset(preset, **fields) if preset is not None else Controls(**fields)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "-".join(_fmt(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def controls_from_group(node: DictConfig, label: str | None = None) -> tuple[str, Controls]:
+    """The ``controls`` group -> ``(label, Controls)``. The label is the group's ``name``, plus the fields that
+    differ from the preset of that name (``paper+window_size=4``), so a multirun over fields keeps items apart."""
+    fields = plain(node)
+    name = fields.pop("name")
+    controls = make_controls(fields)
+    if label is None:
+        label = name
+        if name in Controls.PRESETS:
+            base = Controls.preset(name)
+            diff = [
+                f"{k}={_fmt(getattr(controls, k))}" for k in CONTROL_FIELDS if getattr(controls, k) != getattr(base, k)
+            ]
+            label = "+".join([name, *diff])
+    return check_name(label, "configuration label"), controls
+
+
+def sweep_configurations(cfg: DictConfig) -> dict[str, Controls]:
+    """``configurations`` (label -> ``{preset, **fields}``), or the ``controls`` group when that is empty."""
+    if not cfg.configurations:
+        label, controls = controls_from_group(cfg.controls, cfg.label)
+        return {label: controls}
+    out = {}
+    for label, entry in plain(cfg.configurations).items():
+        entry = dict(entry or {})
+        out[check_name(str(label), "configuration label")] = make_controls(entry, entry.pop("preset", "paper"))
+    return out
+
+
+def needs_kv(controls: Controls) -> bool:
+    """Whether step 1 must record the spatial keys/values (cached first-frame K/V sharing)."""
+    return controls.share_kv and controls.kv_source == "cached"
+
+
+def prompt_items(
+    prompts: DictConfig, repeats: int = 1, shard: Mapping[str, int] | None = None, negative_prompt: str = ""
+) -> list[dict]:
+    """The prompt set as items ``{id, prompt, negative_prompt, seed, dirname}``; ``repeats`` seeds per prompt
+    (seed, seed + 1, ...); with ``shard`` only prompts ``index, index + count, ...``. An item without its own
+    negative prompt gets ``negative_prompt``."""
+    items = plain(prompts["items"])
+    ids = [str(it["id"]) for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"prompt set {prompts.name!r} has duplicate ids: {sorted({i for i in ids if ids.count(i) > 1})}"
+        )
+    index, count = (int(shard["index"]), int(shard["count"])) if shard else (0, 1)
+    if not 0 <= index < count:
+        raise ValueError(f"shard.index must be in 0..shard.count-1, got index={index}, count={count}")
+    out = []
+    for n, it in enumerate(items):
+        if n % count != index:
+            continue
+        check_name(str(it["id"]), "prompt id")
+        for r in range(int(repeats)):
+            seed = int(it["seed"]) + r
+            out.append(
+                {
+                    "id": str(it["id"]),
+                    "prompt": it["prompt"],
+                    "negative_prompt": it["negative_prompt"]
+                    if it.get("negative_prompt") is not None
+                    else negative_prompt,
+                    "seed": seed,
+                    "dirname": f"{it['id']}_s{seed}",
+                }
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def write_tiny_checkpoints(sd15: str | os.PathLike | None, motion: str | os.PathLike | None, version: int = 2) -> None:
+    """Tiny random-weight SD1.5 / motion-module files with the real key layout (``models.synthetic``), written only
+    where missing (atomically, so parallel jobs may race safely)."""
+    from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+    from models.synthetic import write_motion_module, write_sd15_checkpoint
+
+    if sd15 is not None and not Path(sd15).is_file():
+        Path(sd15).parent.mkdir(parents=True, exist_ok=True)
+        cfgs = UNetConfig.tiny(), VAEConfig.tiny(), CLIPTextConfig.tiny()
+        write_sd15_checkpoint(sd15, *cfgs, seed=0, dtype=torch.float32)
+    if motion is not None and not Path(motion).is_file():
+        Path(motion).parent.mkdir(parents=True, exist_ok=True)
+        write_motion_module(motion, MotionConfig.tiny(int(version)), seed=int(version), dtype=torch.float32)
+
+
+def ensure_synthetic(cfg: DictConfig) -> None:
+    """``model.synthetic=tiny`` / ``motion.synthetic=tiny`` (debug/tiny): write the tiny files if missing."""
+    for group in ("model", "motion"):
+        if cfg[group].synthetic not in (None, "tiny"):
+            raise ValueError(f"{group}.synthetic must be null or tiny, got {cfg[group].synthetic!r}")
+    write_tiny_checkpoints(
+        cfg.model.checkpoint if cfg.model.synthetic == "tiny" else None,
+        cfg.motion.checkpoint if cfg.motion.synthetic == "tiny" else None,
+        cfg.motion.version,
+    )
+
+
+def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
+    """Local files (downloading hub references) and their SHA-256 (cached in ``paths.cache_dir``)."""
+    refs = {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion_lora": cfg.motion.lora}
+    out = {}
+    for key, ref in refs.items():
+        if ref is None:
+            continue
+        path = resolve(str(ref))
+        out[key] = {"ref": str(ref), "path": str(path), "sha256": checkpoint_sha256(path, cfg.paths.cache_dir)}
+    if "motion_lora" in out:
+        out["motion_lora"]["scale"] = float(cfg.motion.lora_scale)
+    return out
+
+
+def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype: torch.dtype) -> AnimateZeroPipeline:
+    lora = files.get("motion_lora")
+    return AnimateZeroPipeline.from_single_files(
+        files["checkpoint"]["path"],
+        files["motion_module"]["path"],
+        device=device,
+        dtype=dtype,
+        motion_lora=lora["path"] if lora else None,
+        motion_lora_scale=lora["scale"] if lora else 1.0,
+        vae_chunk_size=cfg.model.vae_chunk_size,
+        offload=bool(cfg.model.offload),
+        compile=bool(cfg.model.compile),
+    )
+
+
+def fingerprint(fields: Mapping[str, Any]) -> str:
+    """A short hash of everything that determines an item's pixels (resume only skips a matching item)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------- generation
+def _bar(total: int, desc: str):
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    return bar, (lambda _info: bar.update(1))
+
+
+def make_image(pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, seed: int, sampler, record_kv: bool):
+    """Step 1: text-to-image with the trajectory (and the K/V bank when ``record_kv``)."""
+    bar, step = _bar(int(sampler.steps), "image")
+    with bar:
+        return pipe.text_to_image(
+            prompt,
+            negative_prompt=negative_prompt,
+            height=int(sampler.height),
+            width=int(sampler.width),
+            steps=int(sampler.steps),
+            guidance_scale=float(sampler.guidance_scale),
+            seed=seed,
+            record_kv=record_kv,
+            callback=step,
+        )
+
+
+def make_video(
+    pipe: AnimateZeroPipeline, image: ImageResult, controls: Controls, seed: int, sampler
+) -> tuple[VideoResult, str]:
+    """Step 2 -> ``(video, mode)``. Every control off is plain AnimateDiff text-to-video (mode ``animatediff``) with
+    the same prompt, seed and sampler as the image; otherwise AnimateZero animates the image."""
+    bar, step = _bar(image.steps, "video")
+    with bar:
+        if not controls.any:
+            video = pipe.text_to_video(
+                image.prompt,
+                num_frames=int(sampler.num_frames),
+                negative_prompt=image.negative_prompt,
+                height=image.height,
+                width=image.width,
+                steps=image.steps,
+                guidance_scale=image.guidance_scale,
+                seed=seed,
+                sliding_windows=controls.sliding_windows,
+                callback=step,
+            )
+            return video, "animatediff"
+        return pipe.animate(image, controls=controls, num_frames=int(sampler.num_frames), seed=seed, callback=step), (
+            "animatezero"
+        )
+
+
+def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
+    """The configured file names inside ``run_dir`` (each checked not to leave it)."""
+    return {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
+
+
+def write_outputs(files: Mapping[str, Path], image: ImageResult, video: VideoResult, fps: int) -> None:
+    """image.png, video.mp4, video.gif and frames/ (each written atomically)."""
+    image.save(files["image"])
+    video.save(files["video"], fps=fps)
+    video.save(files["gif"], fps=fps)
+    video.save(files["frames"])
+
+
+def first_frame_psnr(image: ImageResult, video: VideoResult) -> float:
+    """PSNR (dB) of frame 0 against the step-1 image: ~35+ when latent insertion reproduces it."""
+    from evaluation.fidelity import psnr
+
+    return round(psnr(video.frames[:1], image.image[None]), 3)
+
+
+def wandb_args(node: DictConfig) -> dict[str, Any]:
+    return {
+        "mode": node.mode,
+        "project": node.project,
+        "entity": node.entity,
+        "group": node.group,
+        "tags": list(node.tags or []),
+        "init_timeout": float(node.init_timeout),
+    }

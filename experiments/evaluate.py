@@ -1,0 +1,66 @@
+"""Metrics for a run directory or a sweep (a thin Hydra entry to ``evaluation.evaluate``).
+
+    python -m experiments.evaluate run_dir=outputs/sweeps/t2v_table
+    python -m experiments.evaluate run_dir=outputs/generate/2026-11-22/10-00-00-000000 metrics=first_frame
+
+Writes metrics.json per run; for a sweep also metrics.csv and metrics_summary.json (mean and 95% CI per
+configuration). Then ``python scripts/make_tables.py <sweep_dir>`` renders the paper's tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from animatezero.runlog import WandbRun
+from evaluation.evaluate import EvalConfig, Networks, evaluate_run, evaluate_sweep
+from experiments import common
+
+
+def evaluate(cfg: DictConfig, networks: Networks | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.run_dir``; ``networks`` injects evaluator networks (tests use toy ones). Returns the run's
+    metrics, or the sweep's summary groups."""
+    path = Path(cfg.run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run_dir={str(path)!r} is not a directory (give a run or a sweep directory)")
+    config = EvalConfig(**common.plain(cfg.eval))
+    wandb = WandbRun.start(
+        **{**common.wandb_args(cfg.wandb), "group": cfg.wandb.group or path.name},
+        name=f"evaluate-{path.name}",
+        job_type="evaluate",
+        config=common.plain(cfg),
+        dir=path,
+    )
+    try:
+        if (path / "run.json").is_file():
+            if (path / "metrics.json").is_file() and not cfg.force:
+                result = json.loads((path / "metrics.json").read_text())
+                print(f"[evaluate] {path / 'metrics.json'} exists (force=true recomputes)")
+            else:
+                result = evaluate_run(path, cfg.metrics, networks, config)
+            out = result["metrics"]
+            wandb.summary(out)
+        else:
+            rows = evaluate_sweep(path, cfg.metrics, networks, config, force=cfg.force, group_by=list(cfg.group_by))
+            out = json.loads((path / "metrics_summary.json").read_text())["groups"]
+            wandb.summary(
+                {f"{group}/{metric}": s["mean"] for group, metrics in out.items() for metric, s in metrics.items()}
+            )
+            print(f"[evaluate] {len(rows)} runs -> {path / 'metrics.csv'}")
+    finally:
+        wandb.finish()
+    print(json.dumps(out, indent=2))
+    return out
+
+
+@hydra.main(config_path="pkg://configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

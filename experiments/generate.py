@@ -1,0 +1,113 @@
+"""One prompt -> the step-1 image and its animation (the ``animatezero`` console script).
+
+    animatezero prompt="a cat, blinking"
+    animatezero prompt="a cat, blinking" checkpoint=toonyou.safetensors motion_module=mm_sd_v15_v2.ckpt seed=7
+    animatezero prompt="a cat, blinking" controls=animatediff      # plain AnimateDiff text-to-video
+    animatezero prompt="a cat, blinking" debug=tiny                 # tiny random weights on CPU, in seconds
+
+Writes image.png, video.mp4, video.gif, frames/ and run.json into a fresh run directory (``out_dir``, by default
+outputs/generate/<date>/<time>). Every option is in configs/generate.yaml; ``--cfg job`` prints the config.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from animatezero.pipeline import new_seed
+from animatezero.runlog import RunRecord, WandbRun, environment, prepare_run_dir
+from experiments import common
+
+TEXT_KEYS = ("prompt", "negative_prompt", "sampler.negative_prompt")
+
+
+def generate(cfg: DictConfig) -> Path:
+    if OmegaConf.is_missing(cfg, "prompt"):
+        raise ValueError('give a prompt, e.g. animatezero prompt="a cat, blinking"')
+    # Everything that can be wrong with the output is checked before any weights are touched.
+    out_dir = prepare_run_dir(cfg.out_dir, overwrite=cfg.overwrite)
+    files = common.run_files(cfg, out_dir)
+    label, controls = common.controls_from_group(cfg.controls)
+    common.check_sampler(cfg.sampler)
+    device = common.pick_device(cfg.model.device)
+    dtype = common.pick_dtype(cfg.model.dtype, device)
+    seed = int(cfg.seed) if cfg.seed is not None else new_seed()
+    config = common.plain(cfg)
+
+    record = RunRecord(
+        out_dir,
+        kind="generate",
+        prompt=cfg.prompt,
+        negative_prompt=cfg.negative_prompt,
+        configuration=label,
+        seeds={"image": seed, "video": seed},
+        controls=asdict(controls),
+        files={k: p.name for k, p in files.items()},
+        dtype=str(dtype).removeprefix("torch."),
+        config=config,
+        **environment(device),
+    )
+    record.write()
+    wandb = WandbRun.start(
+        **common.wandb_args(cfg.wandb), name=out_dir.name, job_type="generate", config=config, dir=out_dir
+    )
+    try:
+        with common.cpu_threads(cfg.model.cpu_threads):
+            with record.timer("load"):
+                common.ensure_synthetic(cfg)
+                checkpoints = common.resolve_checkpoints(cfg)
+                record.update(checkpoints=checkpoints)
+                pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
+            with record.timer("image"):
+                image = common.make_image(
+                    pipe, cfg.prompt, cfg.negative_prompt, seed, cfg.sampler, common.needs_kv(controls)
+                )
+            with record.timer("video"):
+                video, mode = common.make_video(pipe, image, controls, seed, cfg.sampler)
+            with record.timer("write"):
+                common.write_outputs(files, image, video, int(cfg.sampler.fps))
+    except BaseException as e:
+        record.failed(e)
+        wandb.finish()
+        raise
+    metrics = {"first_frame_psnr": common.first_frame_psnr(image, video)}
+    record.done(mode=mode, quick_metrics=metrics)
+
+    wandb.summary({**metrics, **record.data["timings"], "mode": mode})
+    if cfg.wandb.log_media:
+        wandb.log_media("run", image=files["image"], video=files["video"], caption=cfg.prompt, fps=int(cfg.sampler.fps))
+    wandb.finish()
+    print(f"[animatezero] {mode}: {out_dir} ({record.data['timings']['total_s']:.1f} s)")
+    return out_dir
+
+
+@hydra.main(config_path="pkg://configs", config_name="generate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+def quote_text_overrides(argv: list[str]) -> list[str]:
+    """Quote free-text values (``prompt=a cat, blinking`` after the shell removed its quotes), which Hydra's
+    override grammar would otherwise split at commas or reject for brackets."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
+        if sep and key.lstrip("+~") in TEXT_KEYS and not quoted:
+            arg = f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+        out.append(arg)
+    return out
+
+
+def main() -> None:
+    """The ``animatezero`` console script."""
+    sys.argv = [sys.argv[0], *quote_text_overrides(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""A prompt set x configurations sweep, resumable.
+
+    python -m experiments.sweep experiment=t2v_table                 # AnimateDiff vs AnimateZero on t2v_bench
+    python -m experiments.sweep experiment=ablation_fig6 debug=tiny  # the five Fig. 6 rows, tiny weights
+    python -m experiments.sweep -m controls=animatediff,paper        # one Hydra job per configuration
+
+Every item (configuration x prompt x seed) is written atomically into its own directory
+``<sweep_dir>/<configuration>/<prompt id>_s<seed>/`` with the files of ``animatezero`` (image.png, video.mp4,
+video.gif, frames/, run.json). An item whose run.json says ``"status": "done"`` with the same settings is skipped,
+so after a crash or Ctrl-C the same command goes on where it stopped. The step-1 image of a prompt is made once and
+shared by all of its configurations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from animatezero.controls import Controls
+from animatezero.io import atomic_path, write_json
+from animatezero.runlog import RunRecord, WandbRun, environment, inside, prepare_run_dir, read_run
+from experiments import common
+
+SAMPLER_FIELDS = ("steps", "guidance_scale", "eta", "num_frames", "height", "width")
+
+
+def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict[str, Controls], checkpoints: dict):
+    """``{(label, item dirname): fingerprint}`` of the items still to make. A finished item with another
+    fingerprint (other checkpoint, sampler, prompt or controls) is an error unless ``overwrite``."""
+    todo = {}
+    for item in items:
+        for label, controls in configurations.items():
+            fp = common.fingerprint(
+                {
+                    "prompt": item["prompt"],
+                    "negative_prompt": item["negative_prompt"],
+                    "seed": item["seed"],
+                    "sampler": {k: cfg.sampler[k] for k in SAMPLER_FIELDS},
+                    "controls": asdict(controls),
+                    "checkpoints": {k: v["sha256"] for k, v in checkpoints.items()},
+                    "lora_scale": cfg.motion.lora_scale,
+                }
+            )
+            done = read_run(inside(root, f"{label}/{item['dirname']}", "sweep item"))
+            if done is not None and done.get("status") == "done":
+                if done.get("fingerprint") == fp:
+                    continue
+                if not cfg.overwrite:
+                    raise RuntimeError(
+                        f"{root / label / item['dirname']} was made with other settings (checkpoint, sampler, prompt "
+                        "or controls). Use another sweep_dir (or name=...), or overwrite=true to redo such items."
+                    )
+            todo[label, item["dirname"]] = fp
+    return todo
+
+
+def sweep(cfg: DictConfig) -> Path:
+    root = prepare_run_dir(cfg.sweep_dir, overwrite=True)  # a sweep directory is meant to be reused
+    configurations = common.sweep_configurations(cfg)
+    items = common.prompt_items(cfg.prompts, cfg.repeats, cfg.shard, cfg.sampler.negative_prompt)
+    common.check_sampler(cfg.sampler)
+    device = common.pick_device(cfg.model.device)
+    dtype = common.pick_dtype(cfg.model.dtype, device)
+    config = common.plain(cfg)
+    config.pop("configurations")
+    config["prompts"] = {"name": cfg.prompts.name}
+    for label, controls in configurations.items():
+        write_json(inside(root, f"{label}/configuration.json"), {"label": label, "controls": asdict(controls)})
+
+    with common.cpu_threads(cfg.model.cpu_threads):
+        common.ensure_synthetic(cfg)
+        checkpoints = common.resolve_checkpoints(cfg)
+        todo = plan(cfg, root, items, configurations, checkpoints)
+        total = len(items) * len(configurations)
+        print(
+            f"[sweep] {root}: {len(configurations)} configurations x {len(items)} prompts; {len(todo)}/{total} to run"
+        )
+        if not todo:
+            return root
+
+        env = {**environment(device), "dtype": str(dtype).removeprefix("torch."), "checkpoints": checkpoints}
+        wandb_args = {**common.wandb_args(cfg.wandb), "group": cfg.wandb.group or cfg.name}
+        wandb = WandbRun.start(
+            **wandb_args, name=f"{cfg.name}-{common.job_num()}", job_type="sweep", config=config, dir=root
+        )
+        pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
+        finished = 0
+        try:
+            for item in items:
+                labels = [label for label in configurations if (label, item["dirname"]) in todo]
+                if not labels:
+                    continue
+                timing = RunRecord(root)
+                with timing.timer("image"):  # step 1 once per prompt, shared by its configurations
+                    record_kv = any(common.needs_kv(configurations[label]) for label in labels)
+                    image = common.make_image(
+                        pipe, item["prompt"], item["negative_prompt"], item["seed"], cfg.sampler, record_kv
+                    )
+                for label in labels:
+                    controls, name = configurations[label], f"{label}/{item['dirname']}"
+                    record = RunRecord(
+                        inside(root, name, "sweep item"),
+                        kind="sweep-item",
+                        sweep=cfg.name,
+                        configuration=label,
+                        prompt_id=item["id"],
+                        prompt=item["prompt"],
+                        negative_prompt=item["negative_prompt"],
+                        seeds={"image": item["seed"], "video": item["seed"]},
+                        controls=asdict(controls),
+                        fingerprint=todo[label, item["dirname"]],
+                        config={**config, "controls": {"name": label, **asdict(controls)}},
+                        **env,
+                    )
+                    record.data["timings"].update(timing.data["timings"])
+                    with record.timer("video"):
+                        video, mode = common.make_video(pipe, image, controls, item["seed"], cfg.sampler)
+                    with atomic_path(record.run_dir, directory=True) as tmp:  # the item appears whole, or not at all
+                        files = common.run_files(cfg, tmp)
+                        with record.timer("write"):
+                            common.write_outputs(files, image, video, int(cfg.sampler.fps))
+                        metrics = {"first_frame_psnr": common.first_frame_psnr(image, video)}
+                        record.done(tmp, mode=mode, quick_metrics=metrics, files={k: p.name for k, p in files.items()})
+                    record.run_dir.chmod(0o755)
+                    finished += 1
+                    print(f"[sweep] {finished}/{len(todo)} {name} ({record.data['timings']['total_s']:.1f} s)")
+                    wandb.log({f"{name}/{k}": v for k, v in metrics.items()})
+                    if cfg.wandb.log_media:
+                        files = common.run_files(cfg, record.run_dir)
+                        wandb.log_media(name, image=files["image"], video=files["video"], caption=item["prompt"])
+        except KeyboardInterrupt:
+            print(f"[sweep] interrupted after {finished} items; run the same command again to resume")
+            raise
+        finally:
+            wandb.finish()
+    return root
+
+
+@hydra.main(config_path="pkg://configs", config_name="sweep", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    sweep(cfg)
+
+
+if __name__ == "__main__":
+    main()

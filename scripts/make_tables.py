@@ -1,0 +1,300 @@
+"""Regenerate the paper's tables from evaluated sweep directories, as Markdown and CSV, plus frame strips.
+
+    python scripts/make_tables.py outputs/sweeps/t2v_table outputs/sweeps/ablation_fig6 [--out tables]
+
+Reads every run below the given sweep directories (run.json for the configuration, metrics.json written by
+``experiments/evaluate.py`` / ``evaluation.evaluate``; a sweep-level metrics.csv is used for runs without one) and
+writes into ``--out`` (default: ``<first sweep>/tables``):
+
+* ``t2v_table.{md,csv}``            Text-Sim, Domain-Sim, Style-Dist, warping error per configuration (paper Table 1)
+* ``ablation_table.{md,csv}``       the controls of each configuration and its metrics (Fig. 6 rows, window size,
+                                    K/V injection steps, position correction)
+* ``first_frame_fidelity.{md,csv}`` PSNR / SSIM / LPIPS of frame 0 against the step-1 image
+* ``frame_strips_<sweep>.png``      frames 1, 6, 11, 16 of one prompt for every configuration (like Fig. 6)
+
+Cells are the mean over videos with a 95% bootstrap CI in the CSV; ``n`` is the number of videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from evaluation.stats import summarize  # noqa: E402
+
+# (metric key, column title); arrows say which direction is better.
+T2V_COLUMNS = [
+    ("text_sim", "Text-Sim ↑"),
+    ("domain_sim", "Domain-Sim ↑"),
+    ("style_dist", "Style-Dist ↓"),
+    ("warping_error", "Warping error ↓"),
+]
+ABLATION_COLUMNS = [
+    ("text_sim", "Text-Sim ↑"),
+    ("domain_sim", "Domain-Sim ↑"),
+    ("warping_error", "Warping error ↓"),
+    ("frame_consistency", "Frame consistency ↑"),
+    ("motion", "Motion (px)"),
+    ("first_frame_psnr", "Frame-0 PSNR ↑"),
+]
+FIDELITY_COLUMNS = [
+    ("first_frame_psnr", "PSNR (dB) ↑"),
+    ("first_frame_ssim", "SSIM ↑"),
+    ("first_frame_lpips", "LPIPS ↓"),
+    ("domain_sim_wo_f0", "Domain-Sim, frames 2+ ↑"),
+]
+CONTROL_COLUMNS = [
+    ("insert_latent", "Latent insert"),
+    ("share_kv", "K/V share"),
+    ("window_attention", "Window attn"),
+    ("position_correction", "Pos. correction"),
+    ("window_size", "Window size"),
+    ("kv_steps", "K/V steps"),
+]
+STRIP_FRAMES = (0, 5, 10, 15)  # frames 1, 6, 11, 16 (paper Fig. 6)
+
+
+@dataclass
+class Run:
+    sweep: str
+    label: str
+    run_dir: Path
+    run: dict
+    metrics: dict[str, float] = field(default_factory=dict)
+    networks: dict = field(default_factory=dict)
+
+
+def natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _csv_metrics(sweep_dir: Path) -> dict[str, dict[str, float]]:
+    """``run`` (relative dir) -> numeric columns of a sweep-level metrics.csv, if there is one."""
+    path = sweep_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            values = {}
+            for k, v in row.items():
+                try:
+                    values[k] = float(v)
+                except (TypeError, ValueError):
+                    continue
+            out[row.get("run", "")] = values
+    return out
+
+
+def collect(sweep_dirs: Sequence[Path]) -> list[Run]:
+    runs = []
+    for sweep_dir in sweep_dirs:
+        if not sweep_dir.is_dir():
+            raise SystemExit(f"error: {sweep_dir} is not a directory")
+        from_csv = _csv_metrics(sweep_dir)
+        for run_json in sorted(sweep_dir.rglob("run.json")):
+            run_dir = run_json.parent
+            run = json.loads(run_json.read_text())
+            if run.get("status", "done") != "done":
+                continue
+            label = run.get("configuration") or run_dir.parent.name
+            item = Run(sweep_dir.name, label, run_dir, run)
+            metrics_json = run_dir / "metrics.json"
+            if metrics_json.is_file():
+                result = json.loads(metrics_json.read_text())
+                item.metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
+                item.networks = result.get("meta", {}).get("networks", {})
+            else:
+                item.metrics = from_csv.get(run_dir.relative_to(sweep_dir).as_posix(), {})
+            runs.append(item)
+    # Labels that occur in several sweeps are told apart by the sweep's name.
+    sweeps_of: dict[str, set[str]] = {}
+    for r in runs:
+        sweeps_of.setdefault(r.label, set()).add(r.sweep)
+    for r in runs:
+        if len(sweeps_of[r.label]) > 1:
+            r.label = f"{r.sweep}/{r.label}"
+    return runs
+
+
+def groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        out.setdefault(r.label, []).append(r)
+    return {k: out[k] for k in sorted(out, key=natural_key)}
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x != 0 and abs(x) < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.2f}" if abs(x) >= 10 else f"{x:.4f}"
+
+
+def _control(value) -> str:
+    if isinstance(value, bool):
+        return "✓" if value else "–"
+    if value is None:
+        return "clip"
+    if isinstance(value, list):
+        return "–".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def build_table(grouped: dict[str, list[Run]], columns, with_controls: bool = False):
+    """-> (markdown text, csv text), or None when no run has any of the table's metrics."""
+    keys = [k for k, _ in columns]
+    if not any(k in r.metrics for runs in grouped.values() for r in runs for k in keys):
+        return None
+    header = ["Configuration"]
+    if with_controls:
+        header += [title for _, title in CONTROL_COLUMNS]
+    header += ["n", *[title for _, title in columns]]
+    md_rows, csv_rows = [], []
+    for label, runs in grouped.items():
+        controls = runs[0].run.get("controls", {})
+        row = [label]
+        csv_row: dict = {"configuration": label}
+        if with_controls:
+            row += [_control(controls.get(k)) for k, _ in CONTROL_COLUMNS]
+            csv_row.update({k: json.dumps(controls.get(k)) for k, _ in CONTROL_COLUMNS})
+        csv_row["n"] = len(runs)
+        row.append(str(len(runs)))
+        for key in keys:
+            s = summarize([r.metrics[key] for r in runs if key in r.metrics])
+            row.append(_fmt(s["mean"]))
+            csv_row.update({f"{key}_mean": s["mean"], f"{key}_ci_low": s["ci_low"], f"{key}_ci_high": s["ci_high"]})
+        md_rows.append(row)
+        csv_rows.append(csv_row)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in md_rows]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(csv_rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows)
+    return "\n".join(lines) + "\n", buf.getvalue()
+
+
+def networks_note(runs: Sequence[Run]) -> str:
+    seen: dict[str, str] = {}
+    for r in runs:
+        for name, meta in r.networks.items():
+            seen.setdefault(
+                name, ", ".join(f"{k}={v}" for k, v in meta.items()) if isinstance(meta, dict) else str(meta)
+            )
+    if not seen:
+        return ""
+    return "Evaluator networks: " + "; ".join(f"{k} ({v})" for k, v in sorted(seen.items())) + "\n"
+
+
+def strip_indices(num_frames: int) -> list[int]:
+    if num_frames >= 16:
+        return list(STRIP_FRAMES)
+    count = min(4, num_frames)
+    return sorted({round(i * (num_frames - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def frame_strips(runs: Sequence[Run], path: Path, prompt_id: str | None = None, tile: int = 192) -> Path | None:
+    """Frames 1/6/11/16 of one prompt (``prompt_id``, else the first present in every configuration), one row per
+    configuration, with labels."""
+    from PIL import Image, ImageDraw
+
+    grouped = groups(runs)
+    by_prompt = {label: {r.run_dir.name: r for r in rs} for label, rs in grouped.items()}
+    common_items = set.intersection(*(set(d) for d in by_prompt.values())) if by_prompt else set()
+    if prompt_id is not None:
+        common_items = {d for d in common_items if d == prompt_id or d.startswith(f"{prompt_id}_s")}
+    if not common_items:
+        return None
+    item = sorted(common_items, key=natural_key)[0]
+    rows, columns = [], []
+    for label, items in by_prompt.items():
+        files = sorted((items[item].run_dir / "frames").glob("*.png"))
+        if files:
+            columns = columns or strip_indices(len(files))
+            rows.append((label, [files[i] for i in strip_indices(len(files))]))
+    if not rows:
+        return None
+    ncols = max(len(f) for _, f in rows)
+    with Image.open(rows[0][1][0]) as first:
+        scale = min(1.0, tile / max(first.size))
+        w, h = max(1, round(first.width * scale)), max(1, round(first.height * scale))
+    label_w, header_h, pad = 170, 22, 4
+    canvas = Image.new("RGB", (label_w + ncols * (w + pad), header_h + len(rows) * (h + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, i in enumerate(columns):
+        draw.text((label_w + c * (w + pad) + 4, 4), f"frame {i + 1}", fill="black")
+    for r, (label, files) in enumerate(rows):
+        y = header_h + r * (h + pad)
+        draw.text((4, y + h // 2 - 6), label[:26], fill="black")
+        for c, f in enumerate(files):
+            with Image.open(f) as im:
+                canvas.paste(im.convert("RGB").resize((w, h)), (label_w + c * (w + pad), y))
+    draw.text((4, 4), item[:26], fill="gray")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def write(out: Path, stem: str, title: str, table, note: str) -> list[Path]:
+    if table is None:
+        print(f"[tables] {stem}: no run has these metrics yet (evaluate the sweep first); skipped")
+        return []
+    md, csv_text = table
+    (out / f"{stem}.md").write_text(f"# {title}\n\n{md}\n{note}")
+    (out / f"{stem}.csv").write_text(csv_text)
+    return [out / f"{stem}.md", out / f"{stem}.csv"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="evaluated sweep directories")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first sweep>/tables)")
+    parser.add_argument("--prompt-id", default=None, help="prompt id for the frame strips (default: the first)")
+    args = parser.parse_args(argv)
+    runs = collect(args.sweeps)
+    if not runs:
+        print(
+            f"error: no finished runs (run.json with status done) below {[str(s) for s in args.sweeps]}",
+            file=sys.stderr,
+        )
+        return 1
+    out = args.out or args.sweeps[0] / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    grouped = groups(runs)
+    note = (
+        f"Mean over videos (n per row); 95% bootstrap CIs in the CSV. Sweeps: {', '.join(str(s) for s in args.sweeps)}.\n"
+        + networks_note(runs)
+    )
+    written = []
+    written += write(
+        out, "t2v_table", "Text-to-video: AnimateDiff vs AnimateZero", build_table(grouped, T2V_COLUMNS), note
+    )
+    written += write(
+        out, "ablation_table", "Ablation", build_table(grouped, ABLATION_COLUMNS, with_controls=True), note
+    )
+    written += write(out, "first_frame_fidelity", "First-frame fidelity", build_table(grouped, FIDELITY_COLUMNS), note)
+    for sweep in dict.fromkeys(r.sweep for r in runs):
+        png = frame_strips([r for r in runs if r.sweep == sweep], out / f"frame_strips_{sweep}.png", args.prompt_id)
+        if png is not None:
+            written.append(png)
+    for p in written:
+        print(f"[tables] {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The ``animatezero`` CLI (experiments/generate.py) on tiny synthetic checkpoints: files written, run.json content,
+early failures for bad output paths, and W&B trouble never failing a run."""
+
+import hashlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from animatezero.runlog import OutputDirError, OutputPathError, WandbRun, inside, prepare_run_dir
+from experiments import common
+from experiments import generate as gen
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """paths.cache_dir for debug=tiny; the tiny checkpoints are written there on first use."""
+    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
+
+
+def tiny_cfg(cache, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        overrides = gen.quote_text_overrides(["debug=tiny", f"paths.cache_dir={cache}", *overrides])
+        return compose("generate", overrides=overrides)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("controls", ["paper", "animatediff"])
+def test_generate_writes_image_video_frames_and_run_json(tmp_path, tiny_cache, controls):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_cache, "prompt=a cat, blinking", "seed=3", f"out_dir={out}", f"controls={controls}")
+    assert gen.generate(cfg) == out
+
+    assert Image.open(out / "image.png").size == (64, 64)
+    frames = sorted((out / "frames").glob("*.png"))
+    assert [f.name for f in frames] == ["0000.png", "0001.png", "0002.png", "0003.png"]
+    assert Image.open(out / "video.gif").n_frames == 4
+    import av
+
+    with av.open(str(out / "video.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["kind"] == "generate"
+    assert run["mode"] == ("animatediff" if controls == "animatediff" else "animatezero")
+    assert run["configuration"] == controls
+    assert run["prompt"] == "a cat, blinking" and run["seeds"] == {"image": 3, "video": 3}
+    assert run["checkpoints"]["checkpoint"]["sha256"] == sha256(cfg.checkpoint)
+    assert run["checkpoints"]["motion_module"]["sha256"] == sha256(cfg.motion_module)
+    assert {"python", "torch", "animatezero"} <= set(run["versions"])
+    assert run["device"] == "cpu" and run["dtype"] == "float32"
+    assert {"load_s", "image_s", "video_s", "write_s", "total_s"} <= set(run["timings"])
+    assert run["config"]["sampler"]["steps"] == 2 and run["config"]["controls"]["name"] == controls
+    assert run["files"] == {"image": "image.png", "video": "video.mp4", "gif": "video.gif", "frames": "frames"}
+    assert "git" in run
+    if controls == "paper":  # latent insertion: frame 0 is the step-1 image
+        assert run["quick_metrics"]["first_frame_psnr"] > 40
+
+
+def test_console_script_runs_under_hydra(tmp_path, tiny_cache, monkeypatch):
+    """``animatezero debug=tiny prompt=a cat, blinking`` as typed in a shell (its quotes already removed)."""
+    hydra_dir = tmp_path / "hydra_run"
+    argv = ["animatezero", "debug=tiny", "prompt=a cat, blinking (smiling)", f"paths.cache_dir={tiny_cache}"]
+    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.run.dir={hydra_dir}"])
+    try:
+        gen.main()
+    finally:
+        GlobalHydra.instance().clear()
+    run = json.loads((hydra_dir / "run.json").read_text())
+    assert run["status"] == "done" and run["prompt"] == "a cat, blinking (smiling)"
+    assert (hydra_dir / "video.mp4").is_file() and (hydra_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_quote_text_overrides():
+    q = gen.quote_text_overrides
+    assert q(["prompt=a cat, blinking"]) == ["prompt='a cat, blinking'"]
+    assert q(["prompt='already quoted'", 'negative_prompt="x, y"']) == [
+        "prompt='already quoted'",
+        'negative_prompt="x, y"',
+    ]
+    assert q(["prompt=it's"]) == ["prompt='it\\'s'"]
+    assert q(["seed=1", "controls=animatediff"]) == ["seed=1", "controls=animatediff"]
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    """Fail the test if anything gets as far as building checkpoints or the pipeline."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("generation started although the output path is bad")
+
+    monkeypatch.setattr(common, "ensure_synthetic", forbidden)
+    monkeypatch.setattr(common, "load_pipeline", forbidden)
+
+
+def test_unwritable_out_dir_fails_before_generation(tmp_path, tiny_cache, no_generation):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    cfg = tiny_cfg(tiny_cache, "prompt=x", f"out_dir={blocker / 'run'}")
+    with pytest.raises(OutputDirError, match="cannot write to the output directory"):
+        gen.generate(cfg)
+
+
+def test_unwritable_out_dir_message_from_the_cli(tmp_path, tiny_cache, no_generation, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = ["animatezero", "debug=tiny", "prompt=x", f"out_dir={blocker / 'run'}", f"hydra.run.dir={tmp_path / 'h'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            gen.main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_info.value.code == 1
+    assert "cannot write to the output directory" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0, reason="root ignores permissions")
+def test_read_only_out_dir_fails(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(OutputDirError, match="cannot write"):
+        prepare_run_dir(ro / "run")
+
+
+def test_out_dir_holding_a_run_is_refused(tmp_path, tiny_cache, no_generation):
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(OutputDirError, match="already holds a run"):
+        gen.generate(tiny_cfg(tiny_cache, "prompt=x", f"out_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("bad", ["../../escaped.mp4", "/tmp/abs.mp4", "sub/../../x.mp4", "."])
+def test_output_path_escaping_the_run_dir_is_rejected(tmp_path, tiny_cache, no_generation, bad):
+    cfg = tiny_cfg(tiny_cache, "prompt=x", f"out_dir={tmp_path / 'run'}", f"paths.run_files.video='{bad}'")
+    with pytest.raises(OutputPathError):
+        gen.generate(cfg)
+    assert not (tmp_path / "escaped.mp4").exists()
+
+
+def test_inside_accepts_subpaths(tmp_path):
+    assert inside(tmp_path, "frames") == tmp_path / "frames"
+    assert inside(tmp_path, "a/b.png") == tmp_path / "a" / "b.png"
+
+
+def test_wandb_failure_does_not_fail_the_run(tmp_path, tiny_cache, monkeypatch):
+    import wandb
+
+    calls = []
+
+    def broken_init(*args, **kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(wandb, "init", broken_init)
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_cache, "prompt=x", f"out_dir={out}", "wandb.mode=offline")
+    with pytest.warns(UserWarning, match="W&B is down"):
+        gen.generate(cfg)
+    assert calls and calls[0]["mode"] == "offline"
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+
+
+def test_wandb_hanging_init_times_out(monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: time.sleep(30))
+    t = time.perf_counter()
+    with pytest.warns(UserWarning, match="did not finish"):
+        run = WandbRun.start(mode="offline", init_timeout=0.1)
+    assert time.perf_counter() - t < 15 and not run.active
+    run.log({"x": 1})  # a no-op, not an error
+    run.finish()
+
+
+def test_wandb_errors_after_start_are_swallowed(monkeypatch):
+    class Broken:
+        summary = None
+
+        def log(self, data):
+            raise ConnectionError("lost")
+
+        def finish(self):
+            raise ConnectionError("lost")
+
+    run = WandbRun(Broken())
+    with pytest.warns(UserWarning, match="lost"):
+        run.log({"x": 1})
+    assert not run.active
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.log({"x": 2})  # off now: silent
+        run.finish()
+
+
+def test_wandb_disabled_by_environment(monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: pytest.fail("wandb.init called although disabled"))
+    run = WandbRun.start(mode="online")
+    assert not run.active and run.reason == "disabled"
+
+
+def load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, CONFIGS.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    fetched = []
+
+    def fake_download(repo_id, filename, revision=None, local_dir=None):
+        fetched.append((repo_id, filename, revision))
+        path = Path(local_dir) / filename
+        path.write_bytes(filename.encode())
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    script = load_script("download_checkpoints")
+    assert script.main(["--dest", str(tmp_path), "--revision", "abc"]) == 0
+    assert fetched == [
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors", "abc"),
+        ("guoyww/animatediff", "mm_sd_v15_v2.ckpt", "abc"),
+    ]
+    good = hashlib.sha256(b"mm_sd_v14.ckpt").hexdigest()
+    assert script.main(["mm_sd_v14", "--dest", str(tmp_path), "--sha256", good]) == 0
+    with pytest.raises(SystemExit, match="expected"):
+        script.main(["mm_sd_v14", "--dest", str(tmp_path), "--sha256", "0" * 64])
+
+
+def test_make_tiny_checkpoints_load(tmp_path):
+    from models.checkpoint import load_motion_module, load_sd15
+
+    assert load_script("make_tiny_checkpoints").main(["--out", str(tmp_path), "--versions", "3"]) == 0
+    unet, _, _ = load_sd15(tmp_path / "tiny_sd15.safetensors")
+    assert load_motion_module(tmp_path / "tiny_mm_v3.ckpt", unet_config=unet.config).config.version == 3
