@@ -569,14 +569,14 @@ class AnimateZeroPipeline:
 def fit_image(image: Tensor, height: int | None = None, width: int | None = None, short_side: int = 512) -> Tensor:
     """Resize and center-crop ``[3, H, W]`` to the model's grid. With ``height``/``width`` given: scale to cover them
     (keeping the aspect ratio) and center-crop to exactly that size. Without: scale so the short side is ``short_side``
-    and center-crop each side down to a multiple of 64 (the UNet halves the latent three times)."""
+    and center-crop each side down to a multiple of 8 (the VAE's factor)."""
     import torch.nn.functional as F
 
     _, h, w = image.shape
     if height is None or width is None:
         scale = short_side / min(h, w)
-        height = height or max(64, int(h * scale) // 64 * 64)
-        width = width or max(64, int(w * scale) // 64 * 64)
+        height = height or max(MIN_SIZE, int(h * scale) // 8 * 8)
+        width = width or max(MIN_SIZE, int(w * scale) // 8 * 8)
     check_size(height, width)
     scale = max(height / h, width / w)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))

@@ -98,8 +98,10 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """``size``: the skip connection's spatial size, for latents whose sides are not multiples of 8 (as diffusers'
+        ``upsample_size``); otherwise exactly x2."""
+        return self.conv(F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest"))
 
 
 class GEGLU(nn.Module):
@@ -176,6 +178,7 @@ class TimestepEmbedSequential(nn.Sequential):
         context: Tensor,
         norm_frames: int | None = None,
         temporal: tuple[int, Callable[[Tensor], Tensor]] | None = None,
+        upsample_size: tuple[int, int] | None = None,
     ) -> Tensor:
         for i, layer in enumerate(self):
             if temporal is not None and temporal[0] == i:
@@ -184,6 +187,8 @@ class TimestepEmbedSequential(nn.Sequential):
                 x = layer(x, emb, norm_frames)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         if temporal is not None and temporal[0] == len(self):
@@ -330,13 +335,13 @@ class UNetModel(nn.Module):
         norm_frames = f if motion is not None and motion.config.cross_frame_resnet_norm else None
         modules = dict(motion.named_modules()) if motion is not None else {}
 
-        def run(name: str, block: TimestepEmbedSequential, h: Tensor) -> Tensor:
+        def run(name: str, block: TimestepEmbedSequential, h: Tensor, size: tuple[int, int] | None = None) -> Tensor:
             index, path = self.motion_slots.get(name, (None, None))
             temporal = None
             if path in modules:  # the mid-block slot is empty for v1/v3
                 module = modules[path]
                 temporal = (index, lambda y: module(y, f))
-            return block(h, emb, context, norm_frames, temporal)
+            return block(h, emb, context, norm_frames, temporal, size)
 
         h = x
         skips = []
@@ -345,7 +350,8 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = run("middle_block", self.middle_block, h)
         for n, block in enumerate(self.output_blocks):
-            h = run(f"output_blocks.{n}", block, torch.cat([h, skips.pop()], dim=1))
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = run(f"output_blocks.{n}", block, h, tuple(skips[-1].shape[-2:]) if skips else None)
 
         norm, act, conv = self.out
         out = conv(act(norm(h, norm_frames)))

@@ -23,8 +23,8 @@ def test_fit_image_crops_the_center():
     img[:, :, 50:150] = 1.0  # a white square in the middle of a wide image
     out = fit_image(img, 64, 64)
     assert out.shape == (3, 64, 64) and out.mean().item() > 0.95  # the crop is the white center
-    auto = fit_image(torch.rand(3, 300, 700))  # short side -> 512, sides cropped to multiples of 64
-    assert auto.shape == (3, 512, 1152)
+    auto = fit_image(torch.rand(3, 300, 700))  # short side -> 512, sides cropped to multiples of 8
+    assert auto.shape == (3, 512, 1192)
     with pytest.raises(ValueError, match="multiple of 8"):
         fit_image(img, 60, 64)
 
