@@ -408,6 +408,9 @@ def save_state_dict(
             if wrap_state_dict:
                 obj = {"state_dict": obj, "global_step": 0, "epoch": 0}
             torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

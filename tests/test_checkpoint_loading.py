@@ -263,12 +263,12 @@ def test_motion_keys_with_prefix_and_other_keys(tmp_path):
     )
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.5])
-def test_motion_lora_merge(tmp_path, alpha):
+@pytest.mark.parametrize("alpha, suffix", [(1.0, ".ckpt"), (0.5, ".safetensors")])
+def test_motion_lora_merge(tmp_path, alpha, suffix):
     cfg = motion_cfg(2)
-    mm = write_motion_module(tmp_path / "mm.ckpt", cfg, seed=4)
+    mm = write_motion_module(tmp_path / f"mm{suffix}", cfg, seed=4)
     lora = write_motion_lora(tmp_path / "lora.ckpt", cfg, rank=4, seed=5)
-    motion = load_motion_module(tmp_path / "mm.ckpt")
+    motion = load_motion_module(tmp_path / f"mm{suffix}")  # tensors may be memory-mapped from the file
     merged = load_motion_lora(tmp_path / "lora.ckpt", motion, alpha=alpha)
     assert len(merged) == len(lora) // 2
     state = motion.state_dict()
@@ -279,6 +279,8 @@ def test_motion_lora_merge(tmp_path, alpha):
         assert torch.allclose(state[p + f"{target}.weight"], expected, atol=1e-6)
     untouched = "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"
     assert torch.equal(state[untouched], mm[untouched])
+    reread = read_state_dict(tmp_path / f"mm{suffix}")  # merging in place did not write through to the file
+    assert all(torch.equal(reread[k], v) for k, v in mm.items())
 
 
 def test_loaded_models_run(tmp_path, base_sd):
