@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from animatezero.controls import Controls
@@ -29,7 +29,7 @@ CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
 
 def plain(node: Any) -> Any:
     """A resolved config node as plain dicts/lists (for run.json and W&B)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
 
 
 def job_num() -> int:

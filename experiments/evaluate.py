@@ -41,11 +41,13 @@ def evaluate(cfg: DictConfig, networks: Networks | None = None) -> dict[str, Any
                 result = json.loads((path / "metrics.json").read_text())
                 print(f"[evaluate] {path / 'metrics.json'} exists (force=true recomputes)")
             else:
-                result = evaluate_run(path, cfg.metrics, networks, config)
+                result = evaluate_run(path, common.plain(cfg.metrics), networks, config)
             out = result["metrics"]
             wandb.summary(out)
         else:
-            rows = evaluate_sweep(path, cfg.metrics, networks, config, force=cfg.force, group_by=list(cfg.group_by))
+            rows = evaluate_sweep(
+                path, common.plain(cfg.metrics), networks, config, force=cfg.force, group_by=list(cfg.group_by)
+            )
             out = json.loads((path / "metrics_summary.json").read_text())["groups"]
             wandb.summary(
                 {f"{group}/{metric}": s["mean"] for group, metrics in out.items() for metric, s in metrics.items()}
