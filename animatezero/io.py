@@ -23,6 +23,7 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary output folder
     target = tmp if directory else tmp / path.name
     try:
         yield target
