@@ -257,8 +257,28 @@ def make_image(pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, see
         )
 
 
+def invert_image(pipe: AnimateZeroPipeline, path: str, prompt: str, negative_prompt: str, sampler) -> ImageResult:
+    """Real-image step 1: the file fitted to the sampler's size, VAE-encoded and DDIM-inverted."""
+    return pipe.invert_image(
+        path,
+        prompt,
+        height=int(sampler.height),
+        width=int(sampler.width),
+        steps=int(sampler.steps),
+        guidance_scale=float(sampler.guidance_scale),
+        negative_prompt=negative_prompt,
+    )
+
+
 def make_video(
-    pipe: AnimateZeroPipeline, image: ImageResult, controls: Controls, seed: int, sampler
+    pipe: AnimateZeroPipeline,
+    image: ImageResult,
+    controls: Controls,
+    seed: int,
+    sampler,
+    *,
+    end_prompt: str | None = None,
+    last: ImageResult | None = None,
 ) -> tuple[VideoResult, str]:
     """Step 2 -> ``(video, mode)``. Every control off is plain AnimateDiff text-to-video (mode ``animatediff``) with
     the same prompt, seed and sampler as the image; otherwise AnimateZero animates the image."""
@@ -278,9 +298,20 @@ def make_video(
                 callback=step,
             )
             return video, "animatediff"
-        return pipe.animate(image, controls=controls, num_frames=int(sampler.num_frames), seed=seed, callback=step), (
-            "animatezero"
+        if last is not None:
+            video = pipe.interpolate(
+                image, last, controls=controls, num_frames=int(sampler.num_frames), seed=seed, callback=step
+            )
+            return video, "interpolation"
+        video = pipe.animate(
+            image,
+            controls=controls,
+            num_frames=int(sampler.num_frames),
+            seed=seed,
+            end_prompt=end_prompt,
+            callback=step,
         )
+        return video, "animatezero"
 
 
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:

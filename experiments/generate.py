@@ -22,12 +22,18 @@ from animatezero.pipeline import new_seed
 from animatezero.runlog import RunRecord, WandbRun, environment, prepare_run_dir
 from experiments import common
 
-TEXT_KEYS = ("prompt", "negative_prompt", "sampler.negative_prompt")
+TEXT_KEYS = ("prompt", "negative_prompt", "sampler.negative_prompt", "end_prompt", "end_image_prompt")
 
 
 def generate(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "prompt"):
-        raise ValueError('give a prompt, e.g. animatezero prompt="a cat, blinking"')
+        if cfg.image is None:
+            raise ValueError('give a prompt, e.g. animatezero prompt="a cat, blinking"')
+        cfg.prompt = ""  # a real image with no description
+    if cfg.image is not None and not Path(cfg.image).is_file():
+        raise FileNotFoundError(f"image={cfg.image!r} does not exist")
+    if cfg.end_image is not None and not Path(cfg.end_image).is_file():
+        raise FileNotFoundError(f"end_image={cfg.end_image!r} does not exist")
     # Everything that can be wrong with the output is checked before any weights are touched.
     out_dir = prepare_run_dir(cfg.out_dir, overwrite=cfg.overwrite)
     files = common.run_files(cfg, out_dir)
@@ -62,12 +68,24 @@ def generate(cfg: DictConfig) -> Path:
                 checkpoints = common.resolve_checkpoints(cfg)
                 record.update(checkpoints=checkpoints)
                 pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
+            if cfg.candidates:
+                return write_candidates(pipe, cfg, seed, out_dir, record, wandb)
             with record.timer("image"):
-                image = common.make_image(
-                    pipe, cfg.prompt, cfg.negative_prompt, seed, cfg.sampler, common.needs_kv(controls)
-                )
+                image, last = step_one(pipe, cfg, seed, common.needs_kv(controls))
             with record.timer("video"):
-                video, mode = common.make_video(pipe, image, controls, seed, cfg.sampler)
+                video, mode = common.make_video(
+                    pipe, image, controls, seed, cfg.sampler, end_prompt=cfg.end_prompt, last=last
+                )
+                for k in range(int(cfg.extend)):
+                    video = pipe.continue_video(
+                        video,
+                        num_frames=int(cfg.sampler.num_frames),
+                        steps=image.steps,
+                        guidance_scale=image.guidance_scale,
+                        negative_prompt=image.negative_prompt,
+                        controls=controls,
+                        seed=seed + 1 + k,
+                    )
             with record.timer("write"):
                 common.write_outputs(files, image, video, int(cfg.sampler.fps))
     except BaseException as e:
@@ -82,6 +100,38 @@ def generate(cfg: DictConfig) -> Path:
         wandb.log_media("run", image=files["image"], video=files["video"], caption=cfg.prompt, fps=int(cfg.sampler.fps))
     wandb.finish()
     print(f"[animatezero] {mode}: {out_dir} ({record.data['timings']['total_s']:.1f} s)")
+    return out_dir
+
+
+def step_one(pipe, cfg: DictConfig, seed: int, record_kv: bool):
+    """The image to animate (generated, or a real image inverted) and, for loops/interpolation, the last frame's."""
+    if cfg.image is not None:
+        image = common.invert_image(pipe, cfg.image, cfg.prompt, cfg.negative_prompt, cfg.sampler)
+        print(f"[animatezero] {cfg.image}: VAE reconstruction PSNR {image.info['psnr_db']:.2f} dB")
+    else:
+        image = common.make_image(pipe, cfg.prompt, cfg.negative_prompt, seed, cfg.sampler, record_kv)
+    if cfg.loop:
+        return image, image
+    if cfg.end_image is not None:
+        return image, common.invert_image(pipe, cfg.end_image, cfg.prompt, cfg.negative_prompt, cfg.sampler)
+    if cfg.end_image_prompt is not None:
+        end_seed = int(cfg.end_seed) if cfg.end_seed is not None else seed
+        last = common.make_image(pipe, cfg.end_image_prompt, cfg.negative_prompt, end_seed, cfg.sampler, record_kv)
+        return image, last
+    return image, None
+
+
+def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record: RunRecord, wandb: WandbRun) -> Path:
+    """Interactive generation, step 1: candidate images for consecutive seeds; animate one by rerunning with its seed
+    (the same seed and settings reproduce the image exactly)."""
+    seeds = list(range(seed, seed + int(cfg.candidates)))
+    paths = {}
+    for s in seeds:
+        image = common.make_image(pipe, cfg.prompt, cfg.negative_prompt, s, cfg.sampler, False)
+        paths[s] = image.save(out_dir / "candidates" / f"seed_{s}.png").relative_to(out_dir).as_posix()
+    record.done(mode="candidates", candidates=paths)
+    wandb.finish()
+    print(f"[animatezero] {len(seeds)} candidates in {out_dir / 'candidates'}; animate one with seed=<its seed>")
     return out_dir
 
 

@@ -254,3 +254,38 @@ def test_make_tiny_checkpoints_load(tmp_path):
     assert load_script("make_tiny_checkpoints").main(["--out", str(tmp_path), "--versions", "3"]) == 0
     unet, _, _ = load_sd15(tmp_path / "tiny_sd15.safetensors")
     assert load_motion_module(tmp_path / "tiny_mm_v3.ckpt", unet_config=unet.config).config.version == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, mode, frames",
+    [
+        (["loop=true"], "interpolation", 4),
+        (["end_image_prompt=a blue bird", "end_seed=5"], "interpolation", 4),
+        (["end_prompt=a cat, smiling"], "animatezero", 4),
+        (["extend=1"], "animatezero", 7),
+    ],
+)
+def test_applications_from_the_cli(tmp_path, tiny_cache, overrides, mode, frames):
+    out = tmp_path / "run"
+    gen.generate(tiny_cfg(tiny_cache, "prompt=a cat", "seed=2", f"out_dir={out}", *overrides))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["mode"] == mode
+    assert len(list((out / "frames").glob("*.png"))) == frames
+
+
+def test_real_image_and_candidates_from_the_cli(tmp_path, tiny_cache):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (90, 70), (200, 30, 30)).save(photo)
+    out = tmp_path / "real"
+    gen.generate(tiny_cfg(tiny_cache, f"image={photo}", f"out_dir={out}"))
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+    assert Image.open(out / "image.png").size == (64, 64)
+
+    cands = tmp_path / "cands"
+    gen.generate(tiny_cfg(tiny_cache, "prompt=a cat", "seed=10", "candidates=2", f"out_dir={cands}"))
+    run = json.loads((cands / "run.json").read_text())
+    assert run["mode"] == "candidates" and sorted(run["candidates"]) == ["10", "11"]
+    assert sorted(p.name for p in (cands / "candidates").iterdir()) == ["seed_10.png", "seed_11.png"]
+    assert not (cands / "video.mp4").exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        gen.generate(tiny_cfg(tiny_cache, f"image={tmp_path / 'nope.png'}", f"out_dir={tmp_path / 'x'}"))
