@@ -380,13 +380,13 @@ class AnimateZeroPipeline:
                 )
         guidance_scale = first.guidance_scale if guidance_scale is None else guidance_scale
         check_sampling(first.steps, guidance_scale)
-        if controls.share_kv and controls.kv_source == "cached" and guidance_scale != first.guidance_scale:
-            if (guidance_scale == 1.0) != (first.guidance_scale == 1.0):
-                raise ValueError(
-                    f"cached keys/values were recorded with guidance {first.guidance_scale}; animate with guidance "
-                    f"{guidance_scale} changes the number of guidance branches. Use kv_source='current' or the same "
-                    "guidance"
-                )
+        cached = controls.share_kv and controls.kv_source == "cached"
+        if cached and (guidance_scale == 1.0) != (first.guidance_scale == 1.0):
+            raise ValueError(
+                f"cached keys/values were recorded with guidance {first.guidance_scale}; animate with guidance "
+                f"{guidance_scale} changes the number of guidance branches. Use kv_source='current' or the same "
+                "guidance"
+            )
         prompt = first.prompt if prompt is None else prompt
         negative_prompt = first.negative_prompt if negative_prompt is None else negative_prompt
         h, w = first.latent.shape[-2:]
