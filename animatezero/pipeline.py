@@ -81,6 +81,16 @@ class AnimateZeroPipeline:
                 m.to(home, dtype).eval().requires_grad_(False)
         self._unet_forward = torch.compile(unet, dynamic=False) if compile else unet
 
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> AnimateZeroPipeline:
+        """Move (and/or cast) every network; with ``offload`` they stay in CPU memory and ``device`` is where they run."""
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        home = torch.device("cpu") if self.offload else self.device
+        for m in (self.unet, self.vae, self.text_encoder, self.motion_module):
+            if m is not None:
+                m.to(home, self.dtype)
+        return self
+
     @contextmanager
     def _using(self, *modules):
         """Run with ``modules`` on the device: a no-op unless ``offload``, then they go back to CPU memory after. A CUDA

@@ -162,15 +162,16 @@ class FramePatternAttention:
         self.frames, self.positions, self.bias = pattern_keys(pattern)
         self.query_pos = pattern.query_pos
         self.num_frames = pattern.num_frames
+        self.num_positions = int(max(self.positions.max(), self.query_pos.max())) + 1  # table rows used
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         if x.shape[1] != self.num_frames:
             raise ValueError(f"pattern made for {self.num_frames} frames, got {x.shape[1]}")
+        attn.pos_encoder.check(self.num_positions)
         dev = x.device
-        pe = attn.pos_encoder(torch.arange(int(self.positions.max()) + 1, device=dev)).to(x.dtype)  # [P, c]
-        pe = torch.cat([pe, attn.pos_encoder(self.query_pos.to(dev)).to(x.dtype)])  # [P + f, c]
-        p_k, p_v = attn.to_k(pe[: -self.num_frames]), attn.to_v(pe[: -self.num_frames])  # [P, c]
-        q = attn.to_q(x + pe[-self.num_frames :])  # [N, f, c]
+        pe = attn.pos_encoder.pe[0, : self.num_positions].to(x.dtype)  # [P, c]
+        p_k, p_v = attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
+        q = attn.to_q(x + pe[self.query_pos.to(dev)])  # [N, f, c]
         frames, positions = self.frames.to(dev), self.positions.to(dev)
         k = attn.to_k(x)[:, frames] + p_k[positions]  # [N, U, c]
         v = attn.to_v(x)[:, frames] + p_v[positions]  # [N, U, c]

@@ -49,13 +49,17 @@ class PositionalEncoding(nn.Module):
         self.max_positions = max_positions
         self.register_buffer("pe", sinusoidal_positions(torch.arange(max_positions), dim)[None], persistent=False)
 
-    def forward(self, positions: Tensor) -> Tensor:
-        """Embeddings of the given 0-based positions ``[...]`` -> ``[..., dim]``."""
-        if int(positions.max()) >= self.max_positions:
+    def check(self, num_positions: int) -> None:
+        """Raise a clear error if positions ``0..num_positions-1`` do not fit the table (a Python-int check, so it
+        neither synchronises a GPU nor breaks a compiled graph)."""
+        if num_positions > self.max_positions:
             raise ValueError(
-                f"frame position {int(positions.max())} is beyond this motion module's {self.max_positions} positions; "
+                f"frame position {num_positions - 1} is beyond this motion module's {self.max_positions} positions; "
                 f"use at most {self.max_positions} frames or sliding windows"
             )
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """Embeddings of the given 0-based positions ``[...]`` -> ``[..., dim]`` (callers :meth:`check` the range)."""
         return self.pe[0, positions]
 
 
@@ -70,7 +74,8 @@ def default_processor(attn: Attention, x: Tensor, context: Tensor | None) -> Ten
     """The unmodified computation. For a layer with a ``pos_encoder`` (temporal attention, tokens ``[N, f, c]``),
     frame j's embedding is added to the input before the q/k/v projections, as AnimateDiff does."""
     if attn.pos_encoder is not None:
-        x = x + attn.pos_encoder(torch.arange(x.shape[-2], device=x.device)).to(x.dtype)  # [N, f, c]
+        attn.pos_encoder.check(x.shape[-2])
+        x = x + attn.pos_encoder.pe[0, : x.shape[-2]].to(x.dtype)  # [N, f, c]
     ctx = x if context is None else context
     return attn.to_out(attention(attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx), attn.heads))
 

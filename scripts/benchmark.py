@@ -63,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from animatezero.controls import Controls  # noqa: E402
 from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
-from scripts import _oracle as oracle  # noqa: E402
+from tests import oracle  # noqa: E402
 
 PROMPT = "a corgi running on the beach at golden hour, highly detailed"
 GIB = 1024**3

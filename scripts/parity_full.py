@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from scripts import _oracle as oracle  # noqa: E402
+from tests import oracle  # noqa: E402
 
 PROMPTS = ("a corgi running on the beach at golden hour, highly detailed", "")
 GUIDANCE = 7.5

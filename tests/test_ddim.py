@@ -6,22 +6,11 @@ import torch
 
 from models.ddim import DDIMSchedule, ddim_invert, ddim_sample, ddim_step
 from models.guidance import cfg_denoiser
+from tests import oracle
 
 
 def diffusers_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="linear",
-        steps_offset=1,
-        clip_sample=False,
-        set_alpha_to_one=True,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
+    return oracle.ddim_scheduler()  # configured as the original AnimateDiff, CHECKPOINTS.md §4.2
 
 
 def test_schedule_anchors():
