@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.config import MotionConfig
 from models.motion_module import MotionModules, merge_motion_lora
+from tests.oracle import patch_motion_norms
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -128,28 +128,6 @@ def load_diffusers_adapter(path: Path, cfg: MotionConfig, config_dir: Path) -> n
     (config_dir / "config.json").write_text(json.dumps({"_class_name": "MotionAdapter", **adapter_cfg}))
     adapter = diffusers.MotionAdapter.from_single_file(str(path), config=str(config_dir), local_files_only=True)
     return adapter.eval()
-
-
-class PerFrameGroupNorm(nn.Module):
-    """Oracle patch (CHECKPOINTS.md §4.4): diffusers' ``AnimateDiffTransformer3D`` normalises ``[b, c, f, h, w]`` with
-    statistics over all frames (AnimateDiff's SDXL branch), while the SD1.5 motion modules we reproduce normalise each
-    frame separately. Wrapping its ``norm`` like this makes diffusers compute the original SD1.5 formula."""
-
-    def __init__(self, norm: nn.GroupNorm):
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:  # [b, c, f, h, w]
-        y = self.norm(rearrange(x, "b c f h w -> (b f) c h w"))
-        return rearrange(y, "(b f) c h w -> b c f h w", b=x.shape[0])
-
-
-def patch_motion_norms(model: nn.Module) -> int:
-    """Wrap the GroupNorm of every diffusers motion module in ``model``; returns how many were wrapped."""
-    modules = [m for m in model.modules() if type(m).__name__ == "AnimateDiffTransformer3D"]
-    for m in modules:
-        m.norm = PerFrameGroupNorm(m.norm)
-    return len(modules)
 
 
 def max_err(ours: Tensor, ref: Tensor) -> tuple[float, float]:

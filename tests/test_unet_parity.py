@@ -23,6 +23,7 @@ from models.attention import Attention, attention
 from models.config import MotionConfig, UNetConfig
 from models.motion_module import MotionModules
 from models.unet import UNetModel
+from tests.oracle import diffusers_unet_config
 from tests.test_motion_parity import (
     load_diffusers_adapter,
     load_our_motion,
@@ -106,29 +107,6 @@ def unet_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
     shapes.update({"out.0.weight": (cur,), "out.0.bias": (cur,)})
     shapes.update({"out.2.weight": (cfg.out_channels, cur, 3, 3), "out.2.bias": (cfg.out_channels,)})
     return shapes
-
-
-def diffusers_unet_config(cfg: UNetConfig) -> dict:
-    """``UNet2DConditionModel`` config equal to ``cfg`` (SD1.x: ``attention_head_dim`` is really the head count)."""
-    levels = range(len(cfg.block_channels))
-    attn = [level in cfg.attention_levels for level in levels]
-    return dict(
-        _class_name="UNet2DConditionModel",
-        sample_size=16,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        block_out_channels=list(cfg.block_channels),
-        layers_per_block=cfg.num_res_blocks,
-        attention_head_dim=cfg.num_heads,
-        cross_attention_dim=cfg.context_dim,
-        norm_num_groups=cfg.norm_groups,
-        norm_eps=1e-5,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        use_linear_projection=False,
-    )
 
 
 def load_our_unet(path: Path, cfg: UNetConfig) -> UNetModel:
