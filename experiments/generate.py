@@ -93,7 +93,8 @@ def generate(cfg: DictConfig) -> Path:
         wandb.finish()
         raise
     metrics = {"first_frame_psnr": common.first_frame_psnr(image, video)}
-    record.done(mode=mode, quick_metrics=metrics)
+    # what step 1 kept for step 2 (the recorded keys/values are the large part) and the anchors' reproduction
+    record.done(mode=mode, quick_metrics=metrics, image_info=image.info, video_info=video.info)
 
     wandb.summary({**metrics, **record.data["timings"], "mode": mode})
     if cfg.wandb.log_media:

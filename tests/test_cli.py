@@ -66,6 +66,7 @@ def test_generate_writes_image_video_frames_and_run_json(tmp_path, tiny_cache, c
     assert "git" in run
     if controls == "paper":  # latent insertion: frame 0 is the step-1 image
         assert run["quick_metrics"]["first_frame_psnr"] > 40
+        assert run["image_info"]["kv_bank_bytes"] > 0 and run["video_info"]["frame0_psnr_db"] > 40
 
 
 def test_console_script_runs_under_hydra(tmp_path, tiny_cache, monkeypatch):
