@@ -18,10 +18,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from animatezero.hub import DownloadError
 from animatezero.pipeline import new_seed
-from animatezero.runlog import RunRecord, WandbRun, environment, prepare_run_dir
+from animatezero.runlog import OutputDirError, OutputPathError, RunRecord, WandbRun, environment, prepare_run_dir
 from experiments import common
+from models.checkpoint import CheckpointError
 
+USER_ERRORS = (DownloadError, CheckpointError, OutputDirError, OutputPathError, FileNotFoundError, ValueError)
 TEXT_KEYS = ("prompt", "negative_prompt", "sampler.negative_prompt", "end_prompt", "end_image_prompt")
 
 
@@ -138,7 +141,11 @@ def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record: Ru
 
 @hydra.main(config_path="pkg://configs", config_name="generate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    generate(cfg)
+    try:
+        generate(cfg)
+    except USER_ERRORS as e:  # bad input or no weights: the message says what to do; no traceback
+        print(f"animatezero: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def quote_text_overrides(argv: list[str]) -> list[str]:
