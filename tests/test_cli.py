@@ -123,8 +123,9 @@ def test_unwritable_out_dir_message_from_the_cli(tmp_path, tiny_cache, no_genera
             gen.main()
     finally:
         GlobalHydra.instance().clear()
-    assert exit_info.value.code == 1
-    assert "cannot write to the output directory" in capsys.readouterr().err
+    assert exit_info.value.code == 2  # a user error: one message, no traceback
+    err = capsys.readouterr().err
+    assert "animatezero: error:" in err and "cannot write to the output directory" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0, reason="root ignores permissions")
