@@ -19,7 +19,7 @@ from animatezero.hooks import installed, spatial_self_attention_layers
 from animatezero.io import load_image
 from animatezero.processors import Anchor, KVBank, RecordKV, StepState
 from animatezero.results import ImageResult, VideoResult
-from models.ddim import DDIMSchedule, ddim_invert, ddim_sample
+from models.ddim import DDIMSchedule, ddim_invert, ddim_sample, ddim_step
 from models.guidance import cfg_denoiser
 
 MIN_SIZE, MAX_SIZE = 64, 2048
@@ -286,20 +286,25 @@ class AnimateZeroPipeline:
         controls: Controls,
         anchors: list[tuple[int, ImageResult]],
         callback=None,
+        before_step=None,
     ) -> Tensor:
         """DDIM over video latents ``x [1, 4, f, h, w]`` with the controls installed. ``anchors`` are ``(frame, image)``
-        pairs whose step-1 trajectories are inserted (paper Sec. 4.1) and whose keys/values are shared."""
+        pairs whose step-1 trajectories are inserted (paper Sec. 4.1) and whose keys/values are shared.
+        ``before_step(i)`` runs before video step ``i`` (and with ``i = steps`` at the end): the lockstep hook."""
         num_frames = x.shape[2]
         timesteps = self.schedule.timesteps(steps)
         state = StepState()
         if cond.ndim == 4 and uncond.ndim == 3:  # per-frame prompts: the negative prompt is the same for all frames
             uncond = uncond[:, None].expand(-1, num_frames, -1, -1)
+        insert = controls.insert_latent and bool(anchors)
+        insert_at = steps_in_range(timesteps, controls.insert_steps) if insert else frozenset()
+        final = insert and controls.insert_steps[1] >= 1.0
         replace = None
-        if controls.insert_latent and anchors:
-            insert_at = steps_in_range(timesteps, controls.insert_steps)
-            final = controls.insert_steps[1] >= 1.0
+        if insert or before_step is not None:
 
             def replace(i: int, x: Tensor) -> Tensor:  # latent insertion (paper Sec. 4.1)
+                if before_step is not None:
+                    before_step(i)
                 if (i < steps and timesteps[i] in insert_at) or (i == steps and final):
                     x = x.clone()
                     for frame, image in anchors:
@@ -444,6 +449,91 @@ class AnimateZeroPipeline:
             end_prompt,
             callback,
         )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        height: int = 512,
+        width: int = 512,
+        steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = None,
+        num_frames: int = 16,
+        controls: Controls | None = None,
+        image_latents: Tensor | None = None,
+        video_latents: Tensor | None = None,
+        callback=None,
+    ) -> tuple[ImageResult, VideoResult]:
+        """Step 1 and step 2 in lockstep: image step i runs just before video step i, so the keys/values of only one
+        step are ever held (instead of every step's), with results identical to :meth:`text_to_image` with
+        ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
+        self._require_motion()
+        self._check_frames(num_frames)
+        check_size(height, width)
+        check_sampling(steps, guidance_scale)
+        controls = controls if controls is not None else Controls.paper()
+        seed = seed if seed is not None or (image_latents is not None and video_latents is not None) else new_seed()
+        h, w = height // 8, width // 8
+        z = (
+            self._check_latents(image_latents, (1, 4, h, w))
+            if image_latents is not None
+            else self.noise((1, 4, h, w), seed)
+        )
+        video_shape = (1, 4, num_frames, h, w)
+        x = (
+            self._check_latents(video_latents, video_shape)
+            if video_latents is not None
+            else self.noise(video_shape, seed)
+        )
+        timesteps = self.schedule.timesteps(steps)
+        cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
+        image_state = StepState()
+        cached = controls.share_kv and controls.kv_source == "cached"
+        bank = KVBank() if cached else None
+        # during an image step the spatial self-attention layers record (cached K/V) or run plainly (None), whatever
+        # the video's processors on them are
+        layers = spatial_self_attention_layers(self.unet)
+        recorders = {n: RecordKV(n, bank, image_state) if cached else None for n in layers}
+        image = ImageResult(
+            image=torch.empty(0),
+            latent=torch.empty(0),
+            trajectory=[z],
+            timesteps=timesteps,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            kv_bank=bank,
+            info={"lockstep": True},
+        )
+        denoise_image = self._denoiser(cond, uncond, guidance_scale, image_state)
+
+        def image_step(i: int) -> None:  # makes trajectory[i + 1] and step i's keys/values
+            if i == steps:
+                return
+            t, t_prev = timesteps[i], self.schedule.previous(timesteps[i], steps)
+            if bank is not None:
+                bank.entries.clear()  # the previous step's keys/values are no longer needed
+            with installed(self.unet, recorders):  # over the video's processors, restored after
+                eps = denoise_image(image.trajectory[i], t)
+            image.trajectory.append(
+                ddim_step(image.trajectory[i], eps, self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_prev))[0]
+            )
+            if bank is not None:
+                image.info["kv_bank_bytes"] = bank.nbytes  # one step's worth
+
+        z0 = self._sample_video(
+            x, cond, uncond, guidance_scale, steps, controls, [(0, image)], callback, before_step=image_step
+        )
+        image.latent = image.trajectory[-1]
+        image.image = self.decode(image.latent)[0].cpu()
+        image.kv_bank = None  # only the last step's entries were left; drop them
+        video = self._video_result(z0, prompt, seed)
+        video.info["frame0_psnr_db"] = psnr(video.frames[0], image.image)
+        return image, video
 
     @torch.inference_mode()
     def interpolate(

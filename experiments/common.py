@@ -257,6 +257,27 @@ def make_image(pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, see
         )
 
 
+def make_lockstep(
+    pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, seed: int, controls: Controls, sampler
+) -> tuple[ImageResult, VideoResult]:
+    """Steps 1 and 2 interleaved (``pipe.generate``): the same image and video as make_image + make_video, holding
+    one step's keys/values instead of all of them."""
+    bar, step = _bar(int(sampler.steps), "image+video")
+    with bar:
+        return pipe.generate(
+            prompt,
+            negative_prompt=negative_prompt,
+            height=int(sampler.height),
+            width=int(sampler.width),
+            steps=int(sampler.steps),
+            guidance_scale=float(sampler.guidance_scale),
+            seed=seed,
+            num_frames=int(sampler.num_frames),
+            controls=controls,
+            callback=step,
+        )
+
+
 def invert_image(pipe: AnimateZeroPipeline, path: str, prompt: str, negative_prompt: str, sampler) -> ImageResult:
     """Real-image step 1: the file fitted to the sampler's size, VAE-encoded and DDIM-inverted."""
     return pipe.invert_image(

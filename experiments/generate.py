@@ -73,12 +73,23 @@ def generate(cfg: DictConfig) -> Path:
                 pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
             if cfg.candidates:
                 return write_candidates(pipe, cfg, seed, out_dir, record, wandb)
-            with record.timer("image"):
-                image, last = step_one(pipe, cfg, seed, common.needs_kv(controls))
-            with record.timer("video"):
-                video, mode = common.make_video(
-                    pipe, image, controls, seed, cfg.sampler, end_prompt=cfg.end_prompt, last=last
-                )
+            plain = controls.any and not (
+                cfg.image or cfg.loop or cfg.end_image or cfg.end_image_prompt or cfg.end_prompt
+            )
+            if plain and cfg.lockstep:  # steps 1 and 2 interleaved: one step's keys/values in memory, same result
+                with record.timer("image_and_video"):
+                    image, video = common.make_lockstep(
+                        pipe, cfg.prompt, cfg.negative_prompt, seed, controls, cfg.sampler
+                    )
+                mode = "animatezero"
+            else:
+                with record.timer("image"):
+                    image, last = step_one(pipe, cfg, seed, common.needs_kv(controls))
+                with record.timer("video"):
+                    video, mode = common.make_video(
+                        pipe, image, controls, seed, cfg.sampler, end_prompt=cfg.end_prompt, last=last
+                    )
+            with record.timer("extend"):
                 for k in range(int(cfg.extend)):
                     video = pipe.continue_video(
                         video,

@@ -124,3 +124,18 @@ def test_replayed_features_equal_recorded(tiny_pipe, image, noise, paper_video):
     assert plain.kv_bank is not None and plain.kv_bank.entries.keys() == image.kv_bank.entries.keys()
     assert all(torch.equal(plain.kv_bank.entries[k][0], image.kv_bank.entries[k][0]) for k in image.kv_bank.entries)
     assert torch.equal(video.frames, paper_video.frames)
+
+
+@pytest.mark.parametrize("controls", [Controls(), Controls(kv_source="current"), Controls.animatediff()])
+def test_lockstep_generate_equals_image_then_animate(tiny_pipe, controls):
+    """generate() interleaves step 1 and step 2 (one step's keys/values held) with identical results."""
+    kwargs = dict(height=SIZE, width=SIZE, steps=STEPS, seed=21)
+    image, video = tiny_pipe.generate("a cat, blinking", num_frames=FRAMES, controls=controls, **kwargs)
+    ref_image = tiny_pipe.text_to_image("a cat, blinking", record_kv=True, **kwargs)
+    ref_video = tiny_pipe.animate(ref_image, num_frames=FRAMES, seed=21, controls=controls)
+    assert torch.equal(image.image, ref_image.image)
+    assert all(torch.equal(a, b) for a, b in zip(image.trajectory, ref_image.trajectory))
+    assert torch.equal(video.frames, ref_video.frames)
+    if controls.share_kv and controls.kv_source == "cached":
+        assert 0 < image.info["kv_bank_bytes"] * STEPS == ref_image.kv_bank.nbytes
+    assert no_processors_left(tiny_pipe)
