@@ -20,6 +20,7 @@ RUNS = (
     "ours_text_to_video",
     "ours_text_to_image",
     "ours_animatezero",
+    "ours_animatezero_lockstep",
     "ours_animate",
     "ours_animate_kv_current",
     "diffusers_text_to_video",
@@ -61,6 +62,7 @@ def test_benchmark_cpu_tiny(tmp_path, capsys, one_thread):
         assert r["x_diffusers"] > 0
         assert r["peak_mem_gib"] is None  # no per-run peak on CPU
     assert report["runs"]["ours_animatezero"]["unet_steps"] == 4
+    assert report["runs"]["ours_animatezero_lockstep"]["unet_steps"] == 4
     ratios = report["ratios"]
     for key in ("controls_overhead", "controls_overhead_kv_current", "animatezero_vs_diffusers_t2v"):
         assert ratios[key] > 0, key
