@@ -132,12 +132,19 @@ def test_unwritable_out_dir_message_from_the_cli(tmp_path, tiny_cache, no_genera
     assert "animatezero: error:" in err and "cannot write to the output directory" in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0, reason="root ignores permissions")
-def test_read_only_out_dir_fails(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    with pytest.raises(OutputDirError, match="cannot write"):
-        prepare_run_dir(ro / "run")
+@pytest.mark.parametrize("errno_code, reason", [(13, "Permission denied"), (28, "No space left on device")])
+def test_read_only_or_full_out_dir_fails(tmp_path, monkeypatch, errno_code, reason):
+    """A read-only or full disk is simulated (root ignores permission bits): the write probe fails before any work."""
+    import os
+
+    from animatezero import runlog
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno_code, os.strerror(errno_code))
+
+    monkeypatch.setattr(runlog.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(OutputDirError, match=f"cannot write to the output directory .*{reason}"):
+        prepare_run_dir(tmp_path / "run")
 
 
 def test_out_dir_holding_a_run_is_refused(tmp_path, tiny_cache, no_generation):
