@@ -180,7 +180,10 @@ class AnimateZeroPipeline:
 
         return denoise
 
-    def _check_latents(self, latents: Tensor, shape: tuple[int, ...]) -> Tensor:
+    def _initial(self, latents: Tensor | None, shape: tuple[int, ...], seed: int) -> Tensor:
+        """The given initial latents (shape-checked) or noise from ``seed``."""
+        if latents is None:
+            return self.noise(shape, seed)
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
         return latents.to(self.device, self.dtype)
@@ -208,7 +211,7 @@ class AnimateZeroPipeline:
         check_sampling(steps, guidance_scale)
         shape = (1, 4, height // 8, width // 8)
         seed = seed if seed is not None or latents is not None else new_seed()
-        x = self._check_latents(latents, shape) if latents is not None else self.noise(shape, seed)
+        x = self._initial(latents, shape, seed)
         state = StepState()
         bank = KVBank() if record_kv else None
         recorders = {n: RecordKV(n, bank, state) for n in spatial_self_attention_layers(self.unet)} if bank else {}
@@ -362,7 +365,7 @@ class AnimateZeroPipeline:
         check_sampling(steps, guidance_scale)
         shape = (1, 4, num_frames, height // 8, width // 8)
         seed = seed if seed is not None or latents is not None else new_seed()
-        x = self._check_latents(latents, shape) if latents is not None else self.noise(shape, seed)
+        x = self._initial(latents, shape, seed)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
         z0 = self._sample_video(x, cond, uncond, guidance_scale, steps, controls, [], callback)
@@ -407,7 +410,7 @@ class AnimateZeroPipeline:
         h, w = first.latent.shape[-2:]
         shape = (1, 4, num_frames, h, w)
         seed = seed if seed is not None or latents is not None else new_seed()
-        x = self._check_latents(latents, shape) if latents is not None else self.noise(shape, seed)
+        x = self._initial(latents, shape, seed)
         cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
         z0 = self._sample_video(x, cond, uncond, guidance_scale, first.steps, controls, anchors, callback)
         video = self._video_result(z0, prompt, seed)
@@ -477,17 +480,8 @@ class AnimateZeroPipeline:
         controls = controls if controls is not None else Controls.paper()
         seed = seed if seed is not None or (image_latents is not None and video_latents is not None) else new_seed()
         h, w = height // 8, width // 8
-        z = (
-            self._check_latents(image_latents, (1, 4, h, w))
-            if image_latents is not None
-            else self.noise((1, 4, h, w), seed)
-        )
-        video_shape = (1, 4, num_frames, h, w)
-        x = (
-            self._check_latents(video_latents, video_shape)
-            if video_latents is not None
-            else self.noise(video_shape, seed)
-        )
+        z = self._initial(image_latents, (1, 4, h, w), seed)
+        x = self._initial(video_latents, (1, 4, num_frames, h, w), seed)
         timesteps = self.schedule.timesteps(steps)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         image_state = StepState()
