@@ -228,6 +228,15 @@ def motion_slots(cfg: UNetConfig) -> dict[str, tuple[str, int]]:
 MOTION_SLOTS: dict[str, tuple[str, int]] = motion_slots(UNetConfig())
 
 
+def motion_module_at(motion: MotionModules, path: str) -> nn.Module | None:
+    """The motion module at ``path`` (e.g. ``down_blocks.0.motion_modules.1``), None where the tree has no such slot
+    (v1/v3 have no ``mid_block``)."""
+    try:
+        return motion.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 class UNetModel(nn.Module):
     """SD1.5 UNet (LDM ``UNetModel`` with ``v1-inference.yaml``), built from a :class:`UNetConfig`."""
 
@@ -333,13 +342,12 @@ class UNetModel(nn.Module):
             context = repeat(context, "b n d -> (b f) n d", f=f)
 
         norm_frames = f if motion is not None and motion.config.cross_frame_resnet_norm else None
-        modules = dict(motion.named_modules()) if motion is not None else {}
 
         def run(name: str, block: TimestepEmbedSequential, h: Tensor, size: tuple[int, int] | None = None) -> Tensor:
             index, path = self.motion_slots.get(name, (None, None))
             temporal = None
-            if path in modules:  # the mid-block slot is empty for v1/v3
-                module = modules[path]
+            module = motion_module_at(motion, path) if motion is not None and path is not None else None
+            if module is not None:  # the mid-block slot is empty for v1/v3
                 temporal = (index, lambda y: module(y, f))
             return block(h, emb, context, norm_frames, temporal, size)
 
