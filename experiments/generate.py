@@ -89,8 +89,8 @@ def generate(cfg: DictConfig) -> Path:
                     video, mode = common.make_video(
                         pipe, image, controls, seed, cfg.sampler, end_prompt=cfg.end_prompt, last=last
                     )
-            with record.timer("extend"):
-                for k in range(int(cfg.extend)):
+            for k in range(int(cfg.extend)):
+                with record.timer("extend"):
                     video = pipe.continue_video(
                         video,
                         num_frames=int(cfg.sampler.num_frames),
