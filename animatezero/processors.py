@@ -163,16 +163,24 @@ class FramePatternAttention:
         self.query_pos = pattern.query_pos
         self.num_frames = pattern.num_frames
         self.num_positions = int(max(self.positions.max(), self.query_pos.max())) + 1  # table rows used
+        self._on_device: dict[tuple, tuple[Tensor, ...]] = {}  # index tensors and mask, copied once per device
+
+    def _indices(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        key = (device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(t.to(device) for t in (self.query_pos, self.frames, self.positions)) + (
+                self.bias.to(device, dtype),
+            )
+        return self._on_device[key]
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         if x.shape[1] != self.num_frames:
             raise ValueError(f"pattern made for {self.num_frames} frames, got {x.shape[1]}")
         attn.pos_encoder.check(self.num_positions)
-        dev = x.device
+        query_pos, frames, positions, bias = self._indices(x.device, x.dtype)
         pe = attn.pos_encoder.pe[0, : self.num_positions].to(x.dtype)  # [P, c]
         p_k, p_v = attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
-        q = attn.to_q(x + pe[self.query_pos.to(dev)])  # [N, f, c]
-        frames, positions = self.frames.to(dev), self.positions.to(dev)
+        q = attn.to_q(x + pe[query_pos])  # [N, f, c]
         k = attn.to_k(x)[:, frames] + p_k[positions]  # [N, U, c]
         v = attn.to_v(x)[:, frames] + p_v[positions]  # [N, U, c]
-        return attn.to_out(attention(q, k, v, attn.heads, mask=self.bias.to(dev, q.dtype)))
+        return attn.to_out(attention(q, k, v, attn.heads, mask=bias))

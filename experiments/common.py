@@ -240,6 +240,16 @@ def _bar(total: int, desc: str):
     return bar, (lambda _info: bar.update(1))
 
 
+def step_one_settings(sampler) -> dict[str, Any]:
+    """The sampler fields that define step 1 (and so the trajectory step 2 must line up with)."""
+    return {
+        "height": int(sampler.height),
+        "width": int(sampler.width),
+        "steps": int(sampler.steps),
+        "guidance_scale": float(sampler.guidance_scale),
+    }
+
+
 def make_image(pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, seed: int, sampler, record_kv: bool):
     """Step 1: text-to-image with the trajectory (and the K/V bank when ``record_kv``)."""
     bar, step = _bar(int(sampler.steps), "image")
@@ -247,10 +257,7 @@ def make_image(pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, see
         return pipe.text_to_image(
             prompt,
             negative_prompt=negative_prompt,
-            height=int(sampler.height),
-            width=int(sampler.width),
-            steps=int(sampler.steps),
-            guidance_scale=float(sampler.guidance_scale),
+            **step_one_settings(sampler),
             seed=seed,
             record_kv=record_kv,
             callback=step,
@@ -267,10 +274,7 @@ def make_lockstep(
         return pipe.generate(
             prompt,
             negative_prompt=negative_prompt,
-            height=int(sampler.height),
-            width=int(sampler.width),
-            steps=int(sampler.steps),
-            guidance_scale=float(sampler.guidance_scale),
+            **step_one_settings(sampler),
             seed=seed,
             num_frames=int(sampler.num_frames),
             controls=controls,
@@ -283,10 +287,7 @@ def invert_image(pipe: AnimateZeroPipeline, path: str, prompt: str, negative_pro
     return pipe.invert_image(
         path,
         prompt,
-        height=int(sampler.height),
-        width=int(sampler.width),
-        steps=int(sampler.steps),
-        guidance_scale=float(sampler.guidance_scale),
+        **step_one_settings(sampler),
         negative_prompt=negative_prompt,
     )
 
