@@ -159,11 +159,19 @@ def spatial_processors(
 
 
 def temporal_processors(
-    controls: Controls, motion: nn.Module, num_frames: int, max_positions: int, *, two_anchors: bool = False
+    controls: Controls,
+    motion: nn.Module,
+    num_frames: int,
+    max_positions: int,
+    *,
+    two_anchors: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dict:
     """Window-attention processors for the selected motion modules. With ``sliding_windows``, clips longer than the
     position table get, in the other modules, an anchored sliding window (every window keeps frame 0) instead of
-    global attention. ``two_anchors``: the window is anchored at both ends (loops, interpolation)."""
+    global attention. ``two_anchors``: the window is anchored at both ends (loops, interpolation). ``device`` and
+    ``dtype``: where the motion modules run."""
     long_clip = num_frames > max_positions
     if long_clip and not controls.sliding_windows:
         raise ValueError(
@@ -180,8 +188,8 @@ def temporal_processors(
             num_slots=max_positions if long_clip else None,
         )
     sliding = anchored_sliding_pattern(num_frames, max_positions) if long_clip else None
-    windowed_proc = FramePatternAttention(windowed) if windowed is not None else None
-    sliding_proc = FramePatternAttention(sliding) if sliding is not None else None
+    windowed_proc = FramePatternAttention(windowed, device, dtype) if windowed is not None else None
+    sliding_proc = FramePatternAttention(sliding, device, dtype) if sliding is not None else None
     processors = {}
     for name, info in temporal_attention_layers(motion).items():
         processor = (

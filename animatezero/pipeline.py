@@ -10,6 +10,7 @@ import os
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace as replace_fields
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from animatezero.hooks import installed, spatial_self_attention_layers
 from animatezero.io import load_image
 from animatezero.processors import Anchor, KVBank, RecordKV, StepState
 from animatezero.results import ImageResult, VideoResult
+from models.compile import compile_module, compile_options
 from models.ddim import DDIMSchedule, ddim_invert, ddim_sample, ddim_step
 from models.guidance import cfg_denoiser
 
@@ -39,6 +41,11 @@ def check_sampling(steps: int, guidance_scale: float) -> None:
         raise ValueError(f"steps must be an integer in 1..1000, got {steps!r}")
     if not guidance_scale >= 0 or guidance_scale != guidance_scale:
         raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale!r}")
+
+
+def default_cache_dir() -> Path:
+    """``$ANIMATEZERO_CACHE``, else ``~/.cache/animatezero`` (the Hydra configs' ``paths.cache_dir``)."""
+    return Path(os.environ.get("ANIMATEZERO_CACHE") or Path.home() / ".cache" / "animatezero").expanduser()
 
 
 def new_seed() -> int:
@@ -65,11 +72,16 @@ class AnimateZeroPipeline:
         dtype: torch.dtype = torch.float32,
         vae_chunk_size: int | None = 8,
         offload: bool = False,
-        compile: bool = False,
+        compile: bool | str | dict = False,
+        compile_cache_dir: str | os.PathLike | None = None,
     ):
         """``vae_chunk_size``: frames decoded at once (bounds the decode's memory). ``offload``: keep every network in
         CPU memory and move it to the device only while it runs (lower peak memory, slower). ``compile``:
-        ``torch.compile`` the UNet forward (the first call of each shape pays the compilation)."""
+        ``torch.compile`` the UNet forward: ``True``, a mode (``"reduce-overhead"`` adds CUDA graphs,
+        ``"max-autotune"``) or a dict of ``torch.compile`` options. The first call of each shape (image, video) pays
+        the compilation; Inductor caches the result in ``compile_cache_dir`` (default ``$ANIMATEZERO_CACHE/torch_compile``,
+        i.e. ``~/.cache/animatezero/torch_compile``; a set ``TORCHINDUCTOR_CACHE_DIR`` wins), so later processes
+        compile much faster. See :mod:`models.compile`."""
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.motion_module = motion_module
         self.schedule = schedule or DDIMSchedule()
@@ -79,7 +91,13 @@ class AnimateZeroPipeline:
         for m in (unet, vae, text_encoder, motion_module):
             if m is not None:
                 m.to(home, dtype).eval().requires_grad_(False)
-        self._unet_forward = torch.compile(unet, dynamic=False) if compile else unet
+        self._timesteps: dict[tuple[int, torch.device], Tensor] = {}
+        options = compile_options(compile)
+        self._unet_forward = unet
+        if options is not None:
+            self._unet_forward = compile_module(
+                unet, options, compile_cache_dir or default_cache_dir() / "torch_compile"
+            )
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> AnimateZeroPipeline:
         """Move (and/or cast) every network; with ``offload`` they stay in CPU memory and ``device`` is where they run."""
@@ -168,15 +186,31 @@ class AnimateZeroPipeline:
                     self.vae.to(self.dtype)
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
+    def _timestep(self, t: int, device: torch.device) -> Tensor:
+        """Timestep ``t`` as a 0-d tensor on ``device``, made once: a Python int would be a constant to a compiled UNet
+        (re-traced at every step), and a fresh host-to-device copy per call would synchronise with the GPU."""
+        key = (t, device)
+        if key not in self._timesteps:
+            self._timesteps[key] = torch.tensor(t, device=device)
+        return self._timesteps[key]
+
     def _model(self, x: Tensor, t: int, context: Tensor) -> Tensor:
-        return self._unet_forward(x, t, context, motion=self.motion_module if x.ndim == 5 else None)
+        motion = self.motion_module if x.ndim == 5 else None
+        if self._unet_forward is not self.unet:
+            # each UNet call is a new step for CUDA graphs (compile="reduce-overhead"): the previous call's outputs
+            # have been used (the noise prediction) or copied (recorded keys/values, RecordKV.end_step)
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._unet_forward(x, self._timestep(t, x.device), context, motion=motion)
 
     def _denoiser(self, cond: Tensor, uncond: Tensor, scale: float, state: StepState):
+        """Guided noise prediction; the processors subscribed to ``state`` do their per-step work around each call."""
         guided = cfg_denoiser(self._model, cond, uncond, scale)
 
         def denoise(x: Tensor, t: int) -> Tensor:
-            state.t = t
-            return guided(x, t)
+            state.begin(t)
+            eps = guided(x, t)
+            state.end()
+            return eps
 
         return denoise
 
@@ -325,6 +359,8 @@ class AnimateZeroPipeline:
             num_frames,
             self.motion_module.config.max_positions,
             two_anchors=len(anchors) == 2,
+            device=self.device,
+            dtype=self.dtype,
         )
         denoise = self._denoiser(cond, uncond, guidance_scale, state)
         with ExitStack() as stack:

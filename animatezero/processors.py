@@ -17,10 +17,28 @@ from models.attention import Attention, attention, default_processor
 
 @dataclass
 class StepState:
-    """The sampling step a run is in: the timestep ``t`` being denoised. Set by the pipeline's denoiser wrapper,
-    read by processors whose behaviour depends on the step (cached K/V, injection-step ranges)."""
+    """The sampling step a run is in: the timestep ``t`` being denoised.
+
+    The pipeline's denoiser wrapper calls :meth:`begin` before each UNet evaluation and :meth:`end` after it.
+    Processors whose behaviour depends on the step (cached K/V, injection-step ranges, recording) subscribe and do
+    their per-step work in ``begin_step(t)`` / ``end_step(t)``, outside the UNet forward: inside it they read only
+    tensors and fixed settings, so a compiled UNet is traced once and not again at every step.
+    """
 
     t: int | None = None
+    hooks: list = field(default_factory=list, repr=False)
+
+    def subscribe(self, hook) -> None:
+        self.hooks.append(hook)
+
+    def begin(self, t: int) -> None:
+        self.t = t
+        for hook in self.hooks:
+            hook.begin_step(t)
+
+    def end(self) -> None:
+        for hook in self.hooks:
+            hook.end_step(self.t)
 
 
 @dataclass
@@ -46,14 +64,25 @@ class KVBank:
 
 
 class RecordKV:
-    """Default self-attention that also stores this layer's keys/values in a :class:`KVBank` (step 1)."""
+    """Default self-attention that also stores this layer's keys/values in a :class:`KVBank` (step 1): the forward
+    keeps them, and the end of the step files them under ``(layer, t)``."""
 
     def __init__(self, name: str, bank: KVBank, state: StepState):
-        self.name, self.bank, self.state = name, bank, state
+        self.name, self.bank = name, bank
+        self.last: tuple[Tensor, Tensor] | None = None
+        state.subscribe(self)
+
+    def begin_step(self, t: int) -> None:
+        self.last = None
+
+    def end_step(self, t: int) -> None:
+        if self.last is not None:  # copied: the outputs of a CUDA-graph replay are overwritten by the next replay
+            self.bank.entries[(self.name, t)] = tuple(kv.clone() for kv in self.last)
+            self.last = None
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         k, v = attn.to_k(x), attn.to_v(x)  # [b, n, c]
-        self.bank.entries[(self.name, self.state.t)] = (k.detach(), v.detach())
+        self.last = (k.detach(), v.detach())
         return attn.to_out(attention(attn.to_q(x), k, v, attn.heads))
 
 
@@ -97,13 +126,25 @@ class SharedFirstFrameKV:
         if len(anchors) > 1 and (weights is None or tuple(weights.shape) != (num_frames, len(anchors))):
             raise ValueError(f"{len(anchors)} anchors need a weights tensor of shape [{num_frames}, {len(anchors)}]")
         self.name, self.num_frames, self.mode = name, num_frames, mode
-        self.anchors, self.state, self.active_timesteps = anchors, state, active_timesteps
+        self.anchors, self.active_timesteps = anchors, active_timesteps
         self.log_weights = weights.log() if weights is not None else None  # [f, A]
+        self.active = True  # this step shares keys/values
+        self.recorded: tuple[tuple[Tensor, Tensor] | None, ...] = (None,) * len(anchors)  # this step's cached K/V
+        if state is not None:
+            state.subscribe(self)
 
-    def _anchor_kv(self, attn: Attention, x: Tensor, anchor: Anchor) -> tuple[Tensor, Tensor]:
-        if anchor.bank is None:
+    def begin_step(self, t: int) -> None:
+        """Look up this step's recorded keys/values and whether the step is in the sharing range."""
+        self.active = self.active_timesteps is None or t in self.active_timesteps
+        self.recorded = tuple(None if a.bank is None else a.bank.get(self.name, t) for a in self.anchors)
+
+    def end_step(self, t: int) -> None:
+        self.recorded = (None,) * len(self.anchors)
+
+    def _anchor_kv(self, attn: Attention, x: Tensor, anchor: Anchor, recorded) -> tuple[Tensor, Tensor]:
+        if recorded is None:
             return attn.to_k(x[:, anchor.frame]), attn.to_v(x[:, anchor.frame])  # [b, n, c]
-        k, v = anchor.bank.get(self.name, self.state.t)
+        k, v = recorded
         if k.shape[0] != x.shape[0]:
             raise ValueError(
                 f"recorded K/V have {k.shape[0]} guidance branches, this pass has {x.shape[0]}: use the same "
@@ -112,10 +153,10 @@ class SharedFirstFrameKV:
         return k, v
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
-        if self.active_timesteps is not None and self.state.t not in self.active_timesteps:
+        if not self.active:
             return default_processor(attn, x, context)
         x = rearrange(x, "(b f) n c -> b f n c", f=self.num_frames)
-        kv = [self._anchor_kv(attn, x, a) for a in self.anchors]
+        kv = [self._anchor_kv(attn, x, a, r) for a, r in zip(self.anchors, self.recorded)]
         q = attn.to_q(x)  # [b, f, n, c]
         if self.mode == "replace" and len(kv) == 1:  # all frames' queries against one key set: one call per branch
             out = attention(rearrange(q, "b f n c -> b (f n) c"), *kv[0], attn.heads)  # [b, f*n, c]
@@ -158,29 +199,22 @@ class FramePatternAttention:
     projections without re-projecting each window.
     """
 
-    def __init__(self, pattern: FramePattern):
-        self.frames, self.positions, self.bias = pattern_keys(pattern)
-        self.query_pos = pattern.query_pos
+    def __init__(self, pattern: FramePattern, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        """``device``/``dtype``: where the UNet runs; the index tensors and mask are made there once."""
+        frames, positions, bias = pattern_keys(pattern)
         self.num_frames = pattern.num_frames
-        self.num_positions = int(max(self.positions.max(), self.query_pos.max())) + 1  # table rows used
-        self._on_device: dict[tuple, tuple[Tensor, ...]] = {}  # index tensors and mask, copied once per device
-
-    def _indices(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-        key = (device, dtype)
-        if key not in self._on_device:
-            self._on_device[key] = tuple(t.to(device) for t in (self.query_pos, self.frames, self.positions)) + (
-                self.bias.to(device, dtype),
-            )
-        return self._on_device[key]
+        self.num_positions = int(max(positions.max(), pattern.query_pos.max())) + 1  # table rows used
+        self.query_pos, self.frames, self.positions = (t.to(device) for t in (pattern.query_pos, frames, positions))
+        self.bias = bias.to(device, dtype)
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         if x.shape[1] != self.num_frames:
             raise ValueError(f"pattern made for {self.num_frames} frames, got {x.shape[1]}")
         attn.pos_encoder.check(self.num_positions)
-        query_pos, frames, positions, bias = self._indices(x.device, x.dtype)
+        bias = self.bias.to(x.device, x.dtype)  # a no-op where it was made for this run
         pe = attn.pos_encoder.pe[0, : self.num_positions].to(x.dtype)  # [P, c]
         p_k, p_v = attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
-        q = attn.to_q(x + pe[query_pos])  # [N, f, c]
-        k = attn.to_k(x)[:, frames] + p_k[positions]  # [N, U, c]
-        v = attn.to_v(x)[:, frames] + p_v[positions]  # [N, U, c]
+        q = attn.to_q(x + pe[self.query_pos])  # [N, f, c]
+        k = attn.to_k(x)[:, self.frames] + p_k[self.positions]  # [N, U, c]
+        v = attn.to_v(x)[:, self.frames] + p_v[self.positions]  # [N, U, c]
         return attn.to_out(attention(q, k, v, attn.heads, mask=bias))

@@ -225,7 +225,8 @@ def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype
         motion_lora_scale=lora["scale"] if lora else 1.0,
         vae_chunk_size=cfg.model.vae_chunk_size,
         offload=bool(cfg.model.offload),
-        compile=bool(cfg.model.compile),
+        compile=cfg.model.compile,
+        compile_cache_dir=cfg.model.get("compile_cache_dir"),
     )
 
 

@@ -1,7 +1,7 @@
 """Benchmark our text-to-video, our full AnimateZero (text-to-image + animate) and diffusers' AnimateDiffPipeline.
 
     python scripts/benchmark.py [--device cuda|cpu] [--size tiny|full] [--dtype fp16|bf16|fp32] [--frames 16]
-        [--height 512 --width 512] [--steps 25] [--guidance 7.5] [--repeats 3] [--warmup 1] [--compile]
+        [--height 512 --width 512] [--steps 25] [--guidance 7.5] [--repeats 3] [--warmup 1] [--compile [MODE]]
         [--memory-options] [--no-diffusers] [--json out.json] [--markdown out.md] [--cache-dir DIR]
 
 Every pipeline is built from the same synthetic single files (random weights with the real SD1.5 / motion v2 keys and
@@ -31,8 +31,10 @@ controls' runs are counted as their plain equivalent, "nominal"). At 512x512x16 
 video step and 927.7 TFLOP for 25 steps + decode, the issue's anchor.
 The text encoder (< 0.01%) is not counted.
 
-``--compile`` also runs text_to_video and AnimateZero with ``compile=True`` and reports the warm-up runs (which pay
-the compilation) separately. ``--memory-options`` re-runs both under options that bound memory (VAE decode in chunks
+``--compile [MODE]`` also runs text_to_video and AnimateZero compiled (``compile=MODE``, default "default";
+"reduce-overhead" adds CUDA graphs) and reports apart the first run with an empty Inductor cache (the whole
+compilation) and the first run of a new compiled pipeline on that cache after ``torch._dynamo.reset()`` (what a later
+process pays), with the cache's hit/miss counts. ``--memory-options`` re-runs both under options that bound memory (VAE decode in chunks
 of 16 / 1, model offload) and reports peak memory and time for each.
 Default size: full on CUDA (512x512, 16 frames, 25 steps, fp16), tiny on CPU (64x64, 4 frames, 2 steps, fp32).
 """
@@ -63,6 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from animatezero.controls import Controls  # noqa: E402
 from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
+from models.compile import MODES  # noqa: E402
 from tests import oracle  # noqa: E402
 
 PROMPT = "a corgi running on the beach at golden hour, highly detailed"
@@ -100,7 +103,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial latents")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--compile", action="store_true", help="also run with compile=True (warm-up reported apart)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=MODES,
+        metavar="MODE",
+        help="also run compiled (mode: default, reduce-overhead = + CUDA graphs, max-autotune...); cold and cached "
+        "warm-ups reported apart",
+    )
     p.add_argument("--memory-options", action="store_true", help="also run vae_chunk_size 16 / 1 and offload")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' AnimateDiffPipeline")
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic checkpoints (default: ~/.cache/...)")
@@ -344,11 +356,34 @@ def t2v_and_animatezero(pipe, args, video_latents, image_latents, device, warmup
 
 
 def compile_runs(pipe, args, video_latents, image_latents, device, dtype) -> dict[str, dict]:
-    """``compile=True`` on the same networks; the warm-up runs (at least one) pay the compilation."""
+    """``compile=args.compile`` on the same networks, with an empty Inductor cache: the first warm-up run pays the
+    whole compilation ("cold"). Then Dynamo is reset and a new compiled pipeline on the same cache runs once more:
+    its first run ("cached") is what a later process pays (tracing again, Inductor's code from the cache)."""
+    from torch._dynamo.utils import counters
+
     modules = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.motion_module)
-    cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=True)
-    t2v, az = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, max(args.warmup, 1))
-    return {"compiled_text_to_video": t2v, "compiled_animatezero": az}
+    with tempfile.TemporaryDirectory(prefix="animatezero_bench_compile_") as cache:
+        counters.clear()
+        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=args.compile, compile_cache_dir=cache)
+        t2v, az = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, max(args.warmup, 1))
+        for r in (t2v, az):
+            r["warmup_cold_s"] = r["warmup_s"][0]
+        cold = dict(counters["inductor"])
+        torch._dynamo.reset()
+        counters.clear()
+        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=args.compile, compile_cache_dir=cache)
+        again = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, 0)
+        for r, second in zip((t2v, az), again):
+            r["warmup_cached_s"] = second["times_s"][0]
+        cached = dict(counters["inductor"])
+        cpipe = None
+        torch._dynamo.reset()
+    inductor_cache = {
+        "cold_misses": cold.get("fxgraph_cache_miss", 0),
+        "cached_hits": cached.get("fxgraph_cache_hit", 0),
+        "cached_misses": cached.get("fxgraph_cache_miss", 0),
+    }
+    return {"compiled_text_to_video": t2v, "compiled_animatezero": az}, inductor_cache
 
 
 def memory_option_runs(pipe, args, video_latents, image_latents, device, dtype) -> list[dict]:
@@ -437,14 +472,21 @@ def markdown(report: dict) -> str:
     if report.get("compile"):
         lines += [
             "",
-            "| compiled run | warm-up s (compilation) | median s | peak GiB | x eager |",
-            "|---|---|---:|---:|---:|",
+            f"| compiled run ({report['meta']['compile']}) | first run s, empty cache | first run s, cached "
+            "| median s | peak GiB | x eager |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for name, r in report["compile"].items():
-            warm = ", ".join(_fmt(w) for w in r["warmup_s"])
             lines.append(
-                f"| {name} | {warm} | {_fmt(r['median_s'])} | {_fmt(r['peak_mem_gib'])} | {_fmt(r.get('x_eager'))} |"
+                f"| {name} | {_fmt(r['warmup_cold_s'])} | {_fmt(r['warmup_cached_s'])} | {_fmt(r['median_s'])} | "
+                f"{_fmt(r['peak_mem_gib'])} | {_fmt(r.get('x_eager'))} |"
             )
+        c = report["compile_cache"]
+        lines += [
+            "",
+            f"Inductor FX-graph cache: {c['cold_misses']} graphs compiled cold; {c['cached_hits']} hits and "
+            f"{c['cached_misses']} misses on the cached run.",
+        ]
     if report.get("memory_options"):
         lines += [
             "",
@@ -553,15 +595,20 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         "parity": parity,
         "targets": check_targets(args, runs, ratios),
         "compile": None,
+        "compile_cache": None,
         "memory_options": None,
     }
     if args.compile:
-        compiled = compile_runs(pipe, args, video_latents, image_latents, device, dtype)
+        compiled, report["compile_cache"] = compile_runs(pipe, args, video_latents, image_latents, device, dtype)
         report["compile"] = {}
         for name, r in compiled.items():
             eager = runs["ours_text_to_video" if name.endswith("text_to_video") else "ours_animatezero"]
-            report["compile"][name] = {**summarize(name, r, counts, args.steps), "x_eager": None}
-            report["compile"][name]["x_eager"] = r["median_s"] / eager["median_s"]
+            report["compile"][name] = {
+                **summarize(name, r, counts, args.steps),
+                "warmup_cold_s": r["warmup_cold_s"],
+                "warmup_cached_s": r["warmup_cached_s"],
+                "x_eager": r["median_s"] / eager["median_s"],
+            }
     if args.memory_options:
         report["memory_options"] = [
             {

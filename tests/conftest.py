@@ -47,3 +47,27 @@ def tiny_pipe(tiny_files):
     from animatezero.pipeline import AnimateZeroPipeline
 
     return AnimateZeroPipeline.from_single_files(tiny_files["sd15"], tiny_files["mm_v2"])
+
+
+@pytest.fixture(scope="session")
+def micro_parts():
+    """``(unet, vae, text_encoder, tokenizer, motion)`` with random weights at the smallest SD1.5-style UNet that keeps
+    every block kind (2 levels of 1 ResBlock, attention at both, v2 motion modules with the mid block): for tests whose
+    cost is per traced operation (``torch.compile``), not per FLOP. Pass them to ``AnimateZeroPipeline(*parts)``."""
+    from models.clip_text import CLIPTextModel
+    from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+    from models.motion_module import MotionModules
+    from models.tokenizer import CLIPTokenizer
+    from models.unet import UNetModel
+    from models.vae import AutoencoderKL
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(0, 1), context_dim=64)
+    motion = MotionModules(MotionConfig(version=2, block_channels=cfg.block_channels, layers_per_block=1))
+    return (
+        UNetModel(cfg),
+        AutoencoderKL(VAEConfig.tiny()),
+        CLIPTextModel(CLIPTextConfig.tiny()),
+        CLIPTokenizer(),
+        motion,
+    )

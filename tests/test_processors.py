@@ -56,21 +56,25 @@ def test_cached_kv_uses_recorded_step(layer):
     bank, state = KVBank(), StepState()
     image_tokens = {t: torch.randn(2, 5, 16) for t in (901, 801)}
     with torch.no_grad():
+        recorder = RecordKV("l", bank, state)
         for t, tokens in image_tokens.items():
-            state.t = t
+            state.begin(t)
             plain = layer(tokens)
-            recorded = RecordKV("l", bank, state)(layer, tokens, None)
+            recorded = recorder(layer, tokens, None)
             assert torch.allclose(recorded, plain)  # recording does not change the output
+            assert (("l", t) in bank.entries) is False  # filed at the end of the step
+            state.end()
         assert bank.nbytes == 2 * 2 * (2 * 5 * 16 * 4)
         x = torch.randn(2 * 3, 5, 16)
+        state.hooks.clear()  # the recorder's run is over
         share = SharedFirstFrameKV("l", 3, anchors=(Anchor(0, bank),), state=state)
-        state.t = 901
+        state.begin(901)
         out = share(layer, x, None).view(2, 3, 5, 16)
         ref = naive(layer, x.view(2, 3, 5, 16)[1, 2], image_tokens[901][1])
         assert (out[1, 2] - ref).abs().max().item() < 1e-5
-        state.t = 1
+        state.end()
         with pytest.raises(KeyError, match="no recorded keys/values"):
-            share(layer, x, None)
+            state.begin(1)
 
 
 def test_step_range_switches_sharing(layer):
@@ -78,9 +82,9 @@ def test_step_range_switches_sharing(layer):
     share = SharedFirstFrameKV("l", 2, state=state, active_timesteps=frozenset({901}))
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
-        state.t = 901
+        state.begin(901)
         on = share(layer, x, None)
-        state.t = 801
+        state.begin(801)
         off = share(layer, x, None)
     assert torch.allclose(off, layer(x))
     assert not torch.allclose(on, off)

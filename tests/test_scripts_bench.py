@@ -108,6 +108,28 @@ def test_benchmark_defaults_follow_device():
     assert (full.height, full.width, full.frames, full.steps) == (512, 512, 16, 25)
 
 
+def test_benchmark_compile_reports_cold_and_cached_first_runs(micro_parts, one_thread):
+    """The --compile path: first run on an empty cache and first run of a new compiled pipeline after a Dynamo reset,
+    reported apart from the timed runs. Dynamo's tracing only (backend "eager"): Inductor's C++ build of a whole UNet
+    takes minutes on this CPU; the cache reuse itself is tested in test_compile.py."""
+    import argparse
+
+    from animatezero.pipeline import AnimateZeroPipeline
+
+    bench = load_script("benchmark")
+    shape = dict(height=64, width=64, frames=4, steps=2, guidance=7.5)
+    args = argparse.Namespace(**shape, repeats=1, warmup=0, compile={"backend": "eager", "fullgraph": True})
+    gen = torch.Generator().manual_seed(0)
+    video, image = torch.randn(1, 4, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)
+    runs, cache = bench.compile_runs(
+        AnimateZeroPipeline(*micro_parts), args, video, image, torch.device("cpu"), torch.float32
+    )
+    assert set(runs) == {"compiled_text_to_video", "compiled_animatezero"}
+    for r in runs.values():
+        assert r["warmup_cold_s"] > 0 and r["warmup_cached_s"] > 0 and len(r["times_s"]) == 1
+    assert cache == {"cold_misses": 0, "cached_hits": 0, "cached_misses": 0}  # no Inductor with this backend
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_parity_full_size_cuda(tmp_path):
