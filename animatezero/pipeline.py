@@ -20,7 +20,7 @@ from animatezero.hooks import installed, spatial_self_attention_layers
 from animatezero.io import load_image
 from animatezero.processors import Anchor, KVBank, RecordKV, StepState
 from animatezero.results import ImageResult, VideoResult
-from models.compile import compile_module, compile_options
+from models.compile import compile_module, compile_options, uses_cuda_graphs
 from models.ddim import DDIMSchedule, ddim_invert, ddim_sample, ddim_step
 from models.guidance import cfg_denoiser
 
@@ -82,6 +82,12 @@ class AnimateZeroPipeline:
         the compilation; Inductor caches the result in ``compile_cache_dir`` (default ``$ANIMATEZERO_CACHE/torch_compile``,
         i.e. ``~/.cache/animatezero/torch_compile``; a set ``TORCHINDUCTOR_CACHE_DIR`` wins), so later processes
         compile much faster. See :mod:`models.compile`."""
+        options = compile_options(compile)
+        if offload and uses_cuda_graphs(options):
+            raise ValueError(
+                f"compile={compile!r} replays CUDA graphs, which need the weights at fixed addresses, but offload=True "
+                "moves them at every call: use compile=True (no CUDA graphs) or offload=False"
+            )
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.motion_module = motion_module
         self.schedule = schedule or DDIMSchedule()
@@ -92,7 +98,6 @@ class AnimateZeroPipeline:
             if m is not None:
                 m.to(home, dtype).eval().requires_grad_(False)
         self._timesteps: dict[tuple[int, torch.device], Tensor] = {}
-        options = compile_options(compile)
         self._unet_forward = unet
         if options is not None:
             self._unet_forward = compile_module(

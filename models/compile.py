@@ -47,6 +47,14 @@ def compile_options(compile: bool | str | Mapping[str, Any]) -> dict[str, Any] |
     raise TypeError(f"compile must be a bool, a mode name or a dict of torch.compile options, got {compile!r}")
 
 
+def uses_cuda_graphs(options: Mapping[str, Any] | None) -> bool:
+    """Whether these ``torch.compile`` options replay CUDA graphs (which need tensors at fixed addresses)."""
+    if options is None:
+        return False
+    extra = options.get("options") or {}
+    return options.get("mode") in ("reduce-overhead", "max-autotune") or bool(extra.get("triton.cudagraphs"))
+
+
 def use_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     """Point Inductor's on-disk caches at ``cache_dir`` unless the user set ``TORCHINDUCTOR_CACHE_DIR`` to a folder of
     their own (their choice wins); return the folder in use.

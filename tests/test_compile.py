@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from animatezero import AnimateZeroPipeline, Controls
-from models.compile import compile_options
+from models.compile import compile_options, uses_cuda_graphs
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(height=64, width=64, steps=3)
@@ -32,6 +32,15 @@ def test_compile_options():
         compile_options("fast")
     with pytest.raises(TypeError, match="compile must be"):
         compile_options(3)
+    assert uses_cuda_graphs({"mode": "reduce-overhead"}) and uses_cuda_graphs({"options": {"triton.cudagraphs": True}})
+    assert not uses_cuda_graphs({}) and not uses_cuda_graphs(None)
+
+
+def test_cuda_graphs_refused_with_offload(micro_parts, tmp_path):
+    with pytest.raises(ValueError, match="CUDA graphs.*offload=True"):
+        AnimateZeroPipeline(*micro_parts, offload=True, compile="reduce-overhead")
+    # without CUDA graphs: fine
+    AnimateZeroPipeline(*micro_parts, offload=True, compile={"backend": "eager"}, compile_cache_dir=tmp_path)
 
 
 def test_compiled_unet_traced_once_per_shape_and_controls(micro_parts, tmp_path):
