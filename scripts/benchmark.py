@@ -415,6 +415,20 @@ def summarize(name: str, run: dict, counts: dict[str, float], steps: int) -> dic
     return out
 
 
+def summarize_compiled(compiled: dict, runs: dict, counts: dict[str, float], steps: int) -> dict[str, dict]:
+    """The compiled runs' summaries, with their first runs (empty cache, cached) and their ratio to the eager run."""
+    out = {}
+    for name, r in compiled.items():
+        eager = runs["ours_text_to_video" if name.endswith("text_to_video") else "ours_animatezero"]
+        out[name] = {
+            **summarize(name, r, counts, steps),
+            "warmup_cold_s": r["warmup_cold_s"],
+            "warmup_cached_s": r["warmup_cached_s"],
+            "x_eager": r["median_s"] / eager["median_s"],
+        }
+    return out
+
+
 def check_targets(args, runs: dict, ratios: dict) -> dict[str, Any]:
     applicable = args.device == "cuda" and all(getattr(args, k) == v for k, v in TARGET_SHAPE.items())
     ours = [r["peak_mem_gib"] for n, r in runs.items() if n.startswith("ours_") and r["peak_mem_gib"] is not None]
@@ -440,6 +454,24 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
     return str(x)
+
+
+def compile_table(compiled: dict, cache: dict, mode: Any) -> list[str]:
+    lines = [
+        "",
+        f"| compiled run ({mode}) | first run s, empty cache | first run s, cached | median s | peak GiB | x eager |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in compiled.items():
+        lines.append(
+            f"| {name} | {_fmt(r['warmup_cold_s'])} | {_fmt(r['warmup_cached_s'])} | {_fmt(r['median_s'])} | "
+            f"{_fmt(r['peak_mem_gib'])} | {_fmt(r['x_eager'])} |"
+        )
+    return lines + [
+        "",
+        f"Inductor FX-graph cache: {cache['cold_misses']} graphs compiled cold; {cache['cached_hits']} hits and "
+        f"{cache['cached_misses']} misses on the cached run.",
+    ]
 
 
 def markdown(report: dict) -> str:
@@ -470,23 +502,7 @@ def markdown(report: dict) -> str:
     lines += ["| target | value | limit | met |", "|---|---:|---:|---|"]
     lines += [f"| {k} | {_fmt(v['value'])} | {v['limit']} | {_fmt(v['met'])} |" for k, v in t["checks"].items()]
     if report.get("compile"):
-        lines += [
-            "",
-            f"| compiled run ({report['meta']['compile']}) | first run s, empty cache | first run s, cached "
-            "| median s | peak GiB | x eager |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name, r in report["compile"].items():
-            lines.append(
-                f"| {name} | {_fmt(r['warmup_cold_s'])} | {_fmt(r['warmup_cached_s'])} | {_fmt(r['median_s'])} | "
-                f"{_fmt(r['peak_mem_gib'])} | {_fmt(r.get('x_eager'))} |"
-            )
-        c = report["compile_cache"]
-        lines += [
-            "",
-            f"Inductor FX-graph cache: {c['cold_misses']} graphs compiled cold; {c['cached_hits']} hits and "
-            f"{c['cached_misses']} misses on the cached run.",
-        ]
+        lines += compile_table(report["compile"], report["compile_cache"], report["meta"]["compile"])
     if report.get("memory_options"):
         lines += [
             "",
@@ -600,15 +616,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     }
     if args.compile:
         compiled, report["compile_cache"] = compile_runs(pipe, args, video_latents, image_latents, device, dtype)
-        report["compile"] = {}
-        for name, r in compiled.items():
-            eager = runs["ours_text_to_video" if name.endswith("text_to_video") else "ours_animatezero"]
-            report["compile"][name] = {
-                **summarize(name, r, counts, args.steps),
-                "warmup_cold_s": r["warmup_cold_s"],
-                "warmup_cached_s": r["warmup_cached_s"],
-                "x_eager": r["median_s"] / eager["median_s"],
-            }
+        report["compile"] = summarize_compiled(compiled, runs, counts, args.steps)
     if args.memory_options:
         report["memory_options"] = [
             {

@@ -129,6 +129,16 @@ def test_benchmark_compile_reports_cold_and_cached_first_runs(micro_parts, one_t
         assert r["warmup_cold_s"] > 0 and r["warmup_cached_s"] > 0 and len(r["times_s"]) == 1
     assert cache == {"cold_misses": 0, "cached_hits": 0, "cached_misses": 0}  # no Inductor with this backend
 
+    eager = {"ours_text_to_video": {"median_s": 2.0}, "ours_animatezero": {"median_s": 4.0}}
+    counts = dict(video_step=3.0, image_step=1.0, video_decode=2.0, image_decode=1.0)
+    summary = bench.summarize_compiled(runs, eager, counts, steps=2)
+    t2v = summary["compiled_text_to_video"]
+    assert t2v["x_eager"] == pytest.approx(t2v["median_s"] / 2.0) and t2v["tflop"] == pytest.approx(8e-12)
+    assert summary["compiled_animatezero"]["unet_steps"] == 4
+    table = "\n".join(bench.compile_table(summary, cache, "default"))
+    assert "| compiled run (default) | first run s, empty cache | first run s, cached |" in table
+    assert "| compiled_animatezero |" in table and "0 graphs compiled cold" in table
+
 
 @pytest.mark.gpu
 @pytest.mark.slow
