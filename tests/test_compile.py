@@ -73,6 +73,9 @@ def test_compiled_unet_traced_once_per_shape_and_controls(micro_parts, tmp_path)
     torch.testing.assert_close(again.frames, ours.frames, rtol=0, atol=1e-5)  # animate(t2i(record)) == generate
     both(lambda p: p.animate(image, num_frames=4, seed=4, controls=Controls(kv_steps=(0.0, 0.5))))
     assert len(graphs) == 4  # K/V shared in the first half of the steps: the plain branch in the second half
+    ours, ref = both(lambda p: p.interpolate(image, image, num_frames=4, seed=5))
+    assert len(graphs) == 5  # two anchors: cross-faded keys/values, a window anchored at both ends
+    torch.testing.assert_close(ours.frames, ref.frames, rtol=0, atol=1e-5)
     torch._dynamo.reset()
 
 
