@@ -98,6 +98,7 @@ class AnimateZeroPipeline:
             if m is not None:
                 m.to(home, dtype).eval().requires_grad_(False)
         self._timesteps: dict[tuple[int, torch.device], Tensor] = {}
+        self._cuda_graphs = uses_cuda_graphs(options)
         self._unet_forward = unet
         if options is not None:
             self._unet_forward = compile_module(
@@ -201,9 +202,9 @@ class AnimateZeroPipeline:
 
     def _model(self, x: Tensor, t: int, context: Tensor) -> Tensor:
         motion = self.motion_module if x.ndim == 5 else None
-        if self._unet_forward is not self.unet:
-            # each UNet call is a new step for CUDA graphs (compile="reduce-overhead"): the previous call's outputs
-            # have been used (the noise prediction) or copied (recorded keys/values, RecordKV.end_step)
+        if self._cuda_graphs:
+            # each UNet call is a new CUDA-graph step: the previous call's outputs have been used (the noise
+            # prediction) or copied (recorded keys/values, RecordKV.end_step)
             torch.compiler.cudagraph_mark_step_begin()
         return self._unet_forward(x, self._timestep(t, x.device), context, motion=motion)
 

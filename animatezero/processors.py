@@ -73,7 +73,7 @@ class RecordKV:
         state.subscribe(self)
 
     def begin_step(self, t: int) -> None:
-        self.last = None
+        self.last = None  # nothing left from a step that raised before its end
 
     def end_step(self, t: int) -> None:
         if self.last is not None:  # copied: the outputs of a CUDA-graph replay are overwritten by the next replay

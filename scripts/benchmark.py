@@ -34,8 +34,8 @@ The text encoder (< 0.01%) is not counted.
 ``--compile [MODE]`` also runs text_to_video and AnimateZero compiled (``compile=MODE``, default "default";
 "reduce-overhead" adds CUDA graphs) and reports apart the first run with an empty Inductor cache (the whole
 compilation) and the first run of a new compiled pipeline on that cache after ``torch._dynamo.reset()`` (what a later
-process pays), with the cache's hit/miss counts. ``--memory-options`` re-runs both under options that bound memory (VAE decode in chunks
-of 16 / 1, model offload) and reports peak memory and time for each.
+process pays), with the cache's hit/miss counts. ``--memory-options`` re-runs both under options that bound memory
+(VAE decode in chunks of 16 / 1, model offload) and reports peak memory and time for each.
 Default size: full on CUDA (512x512, 16 frames, 25 steps, fp16), tiny on CPU (64x64, 4 frames, 2 steps, fp32).
 """
 
@@ -355,29 +355,28 @@ def t2v_and_animatezero(pipe, args, video_latents, image_latents, device, warmup
     return out
 
 
-def compile_runs(pipe, args, video_latents, image_latents, device, dtype) -> dict[str, dict]:
+def compile_runs(pipe, args, video_latents, image_latents, device, dtype) -> tuple[dict[str, dict], dict[str, int]]:
     """``compile=args.compile`` on the same networks, with an empty Inductor cache: the first warm-up run pays the
     whole compilation ("cold"). Then Dynamo is reset and a new compiled pipeline on the same cache runs once more:
-    its first run ("cached") is what a later process pays (tracing again, Inductor's code from the cache)."""
+    its first run ("cached") is what a later process pays (tracing again, Inductor's code from the cache).
+    Returns the runs and the FX-graph cache's miss/hit counts of both passes."""
     from torch._dynamo.utils import counters
 
     modules = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.motion_module)
+
+    def one_pass(cache: str, warmup: int) -> tuple[tuple[dict, dict], dict]:
+        torch._dynamo.reset()
+        counters.clear()
+        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=args.compile, compile_cache_dir=cache)
+        runs = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, warmup)
+        return runs, dict(counters["inductor"])
+
     with tempfile.TemporaryDirectory(prefix="animatezero_bench_compile_") as cache:
-        counters.clear()
-        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=args.compile, compile_cache_dir=cache)
-        t2v, az = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, max(args.warmup, 1))
-        for r in (t2v, az):
-            r["warmup_cold_s"] = r["warmup_s"][0]
-        cold = dict(counters["inductor"])
+        (t2v, az), cold = one_pass(cache, max(args.warmup, 1))
+        again, cached = one_pass(cache, 0)
         torch._dynamo.reset()
-        counters.clear()
-        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=args.compile, compile_cache_dir=cache)
-        again = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, 0)
-        for r, second in zip((t2v, az), again):
-            r["warmup_cached_s"] = second["times_s"][0]
-        cached = dict(counters["inductor"])
-        cpipe = None
-        torch._dynamo.reset()
+    for r, second in zip((t2v, az), again):
+        r["warmup_cold_s"], r["warmup_cached_s"] = r["warmup_s"][0], second["times_s"][0]
     inductor_cache = {
         "cold_misses": cold.get("fxgraph_cache_miss", 0),
         "cached_hits": cached.get("fxgraph_cache_hit", 0),
