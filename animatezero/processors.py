@@ -175,19 +175,42 @@ class SharedFirstFrameKV:
         return attn.to_out(rearrange(attention(q, k, v, attn.heads, mask=mask), "b f n c -> (b f) n c"))
 
 
-def pattern_keys(pattern: FramePattern) -> tuple[Tensor, Tensor, Tensor]:
-    """The distinct (frame, position) key tokens a pattern uses and each query's log-multiplicity bias over them.
+def slot_attention(
+    q: Tensor,
+    k_frames: Tensor,
+    v_frames: Tensor,
+    k_pos: Tensor,
+    v_pos: Tensor,
+    src: Tensor,
+    key_pos: Tensor,
+    heads: int,
+) -> Tensor:
+    """Attention of each query frame over its own key slots, where slot ``m`` of query ``i`` holds frame ``src[i, m]``
+    at position ``key_pos[i, m]`` and its key/value are sums ``K_frame + K_position`` (``W(z + p) = W z + W p``).
 
-    Returns ``frames [U]``, ``positions [U]`` and ``bias [f, U]`` (log of how many of the query's slots hold that token,
-    ``-inf`` where none): softmax over the U tokens with this bias equals softmax over the query's own S slots, copies
-    included, so one masked attention call computes every frame's window.
+    Exactly ``models.attention.attention`` (scale ``head_dim ** -0.5``, softmax over keys) applied per query frame to
+    its ``S`` slots, copies included, but without building the per-slot keys: since
+    ``<q_i, K_a + P_p> = <q_i, K_a> + <q_i, P_p>``, the slot logits are a content score over the ``f`` distinct frames
+    plus a position score over the ``P`` positions, picked per slot (a gather of scores, not of keys). The slot weights
+    are then summed back per frame and per position and applied to ``V`` and ``V_pos``. Logits and softmax are in
+    fp32 (as SDPA's kernels accumulate), the result in ``q``'s dtype.
+
+    q, k_frames, v_frames: ``[N, f, c]``; k_pos, v_pos: ``[P, c]``; src, key_pos: ``[f, S]`` long. Returns ``[N, f, c]``.
     """
-    pairs = torch.stack([pattern.src, pattern.key_pos], dim=-1).reshape(-1, 2)  # [f*S, 2]
-    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)  # [U, 2], [f*S]
-    f, s = pattern.src.shape
-    counts = torch.zeros(f, unique.shape[0])
-    counts.scatter_add_(1, inverse.view(f, s), torch.ones(f, s))  # [f, U]
-    return unique[:, 0], unique[:, 1], counts.log()  # log(0) = -inf masks the tokens a query does not see
+    f, s = src.shape
+    q, k, v = (rearrange(t, "n f (h d) -> n h f d", h=heads) for t in (q, k_frames, v_frames))  # [N, h, f, d]
+    pk, pv = (rearrange(t, "p (h d) -> h p d", h=heads) for t in (k_pos, v_pos))  # [h, P, d]
+    scale = q.shape[-1] ** -0.5
+    content = (q @ k.transpose(-1, -2)).float()  # [N, h, f(query), f(key frame)]
+    position = (q @ pk.transpose(-1, -2)).float()  # [N, h, f, P]
+    n, h = content.shape[:2]
+    logits = content.gather(-1, src.expand(n, h, f, s)) + position.gather(-1, key_pos.expand(n, h, f, s))
+    weights = (logits * scale).softmax(dim=-1)  # [N, h, f, S]
+    # sum the slot weights per key frame and per position (copies of a frame add up), then apply them
+    w_frames = weights.new_zeros(n, h, f, k.shape[-2]).scatter_add_(-1, src.expand(n, h, f, s), weights)
+    w_pos = weights.new_zeros(n, h, f, pk.shape[-2]).scatter_add_(-1, key_pos.expand(n, h, f, s), weights)
+    out = w_frames.to(v.dtype) @ v + w_pos.to(pv.dtype) @ pv  # [N, h, f, d]
+    return rearrange(out, "n h f d -> n f (h d)")
 
 
 class FramePatternAttention:
@@ -195,26 +218,27 @@ class FramePatternAttention:
     :class:`~animatezero.windows.FramePattern` (positional-corrected window attention, or an anchored sliding window for
     long clips). Input tokens are ``[N, f, c]`` (one sequence of frames per spatial location), without positions.
 
-    Since ``to_k``/``to_v`` have no bias, ``W(z + p) = W z + W p``: keys are built from per-frame and per-position
-    projections without re-projecting each window.
+    Since ``to_k``/``to_v`` have no bias, ``W(z + p) = W z + W p``: keys and values are projected once per frame and
+    once per position, and :func:`slot_attention` combines them per slot without gathering keys or values.
     """
 
     def __init__(self, pattern: FramePattern, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        """``device``/``dtype``: where the UNet runs; the index tensors and mask are made there once."""
-        frames, positions, bias = pattern_keys(pattern)
+        """``device``: where the UNet runs; the index tensors are made there once (``dtype`` is accepted for the
+        callers' symmetry; the pattern holds only indices)."""
         self.num_frames = pattern.num_frames
-        self.num_positions = int(max(positions.max(), pattern.query_pos.max())) + 1  # table rows used
-        self.query_pos, self.frames, self.positions = (t.to(device) for t in (pattern.query_pos, frames, positions))
-        self.bias = bias.to(device, dtype)
+        self.num_positions = int(max(pattern.key_pos.max(), pattern.query_pos.max())) + 1  # table rows used
+        self.query_pos, self.src, self.key_pos = (
+            t.to(device) for t in (pattern.query_pos, pattern.src, pattern.key_pos)
+        )
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         if x.shape[1] != self.num_frames:
             raise ValueError(f"pattern made for {self.num_frames} frames, got {x.shape[1]}")
         attn.pos_encoder.check(self.num_positions)
-        bias = self.bias.to(x.device, x.dtype)  # a no-op where it was made for this run
+        if self.src.device != x.device:  # a processor made for another device: move once, not at every call
+            self.query_pos, self.src, self.key_pos = (t.to(x.device) for t in (self.query_pos, self.src, self.key_pos))
         pe = attn.pos_encoder.pe[0, : self.num_positions].to(x.dtype)  # [P, c]
         p_k, p_v = attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
         q = attn.to_q(x + pe[self.query_pos])  # [N, f, c]
-        k = attn.to_k(x)[:, self.frames] + p_k[self.positions]  # [N, U, c]
-        v = attn.to_v(x)[:, self.frames] + p_v[self.positions]  # [N, U, c]
-        return attn.to_out(attention(q, k, v, attn.heads, mask=bias))
+        out = slot_attention(q, attn.to_k(x), attn.to_v(x), p_k, p_v, self.src, self.key_pos, attn.heads)
+        return attn.to_out(out)

@@ -8,7 +8,9 @@ then ``softmax(<W_q(z_i + p_q(i)), W_k(z_src(i,m) + p_k(i,m))>) . W_v(z_src(i,m)
 * **Positional-corrected window** (AnimateZero): frame ``i`` sees the ``L_i = min(i, w, S-1)`` most recent frames
   ``i-L_i+1 .. i`` in the last ``L_i`` slots, and the first ``S - L_i`` slots hold copies of frame 0 (so frame 0 is always
   seen). With correction the query takes the last position ``S-1`` and slot ``m`` takes position ``m``; without it,
-  every token keeps its own frame's position (the copies of frame 0 all carry position 0, the query position ``i``).
+  every token keeps its own frame's position (the copies of frame 0 all carry position 0, the query position ``i``);
+  for long clips (``f > S``, sliding windows) those positions are shifted by ``i - (S-1)`` so the query keeps the
+  last position ``S-1`` and the window's frames stay inside the table (the copies of frame 0 keep position 0).
   ``S`` defaults to ``f`` and ``w`` to ``f`` (the paper); for long clips ``S`` is the motion module's position count.
   With ``w = S = f`` and correction, the last frame's row equals global attention's row (paper: the window of the last
   frame is the whole clip).
@@ -70,8 +72,11 @@ def window_pattern(
         key_pos = torch.arange(s).expand(f, s).clone()
         query_pos = torch.full((f,), s - 1, dtype=torch.long)
     else:
-        key_pos = src.clone()
-        query_pos = torch.arange(f)
+        # own frame positions, shifted for long clips (f > S) so the query keeps the last position S-1; the copies of
+        # frame 0 stay at position 0 (a shifted window never holds frame 0 itself: its frames start at i-S+2 >= 2)
+        shift = (torch.arange(f) - (s - 1)).clamp(min=0)  # [f]
+        key_pos = torch.where(src == 0, 0, src - shift[:, None])
+        query_pos = torch.arange(f) - shift
     return FramePattern(src=src, key_pos=key_pos, query_pos=query_pos)
 
 

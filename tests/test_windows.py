@@ -6,9 +6,14 @@ import math
 import pytest
 import torch
 
-from animatezero.processors import FramePatternAttention
-from animatezero.windows import anchored_sliding_pattern, global_pattern, window_pattern
-from models.attention import Attention
+from animatezero.processors import FramePatternAttention, slot_attention
+from animatezero.windows import (
+    anchored_sliding_pattern,
+    bidirectional_window_pattern,
+    global_pattern,
+    window_pattern,
+)
+from models.attention import Attention, attention
 
 
 def make_layer(dim=16, heads=2, max_positions=32, seed=0):
@@ -108,3 +113,60 @@ def test_positions_beyond_table_raise():
     layer = make_layer(max_positions=8)
     with pytest.raises(ValueError, match="beyond this motion module's 8 positions"):
         layer(torch.randn(1, 9, 16))
+
+
+def test_long_clip_without_correction_animates(tiny_pipe):
+    """Issue 15 item 11: sliding windows without position correction used to index frame positions past the table
+    ("frame position 33 is beyond this motion module's 32 positions") at the first video step. Positions now shift
+    with the window so the query keeps the last position; the frame-0 copies keep position 0."""
+    from animatezero import Controls
+
+    image = tiny_pipe.text_to_image("a red fox", height=64, width=64, steps=2, seed=5)
+    f = tiny_pipe.motion_module.config.max_positions + 2  # 34 frames with v2's 32 positions
+    controls = Controls(position_correction=False, sliding_windows=True)
+    video = tiny_pipe.animate(image, num_frames=f, seed=0, controls=controls)
+    assert video.frames.shape[0] == f and torch.isfinite(video.frames).all()
+
+
+def test_long_clip_without_correction_equals_naive():
+    """Without correction on a long clip, the window's frames keep their own positions shifted so that the query sits
+    at the last position S-1; the copies of frame 0 stay at position 0."""
+    f, slots = 20, 8
+    rows = []
+    for frames, _, _ in naive_window_keys(f, f, False, slots):
+        i = frames[-1]
+        shift = max(0, i - (slots - 1))
+        rows.append((frames, [0 if j == 0 else j - shift for j in frames], i - shift))
+    layer = make_layer(max_positions=slots)
+    x = torch.randn(2, f, 16)
+    pattern = window_pattern(f, correction=False, num_slots=slots)
+    assert pattern.key_pos.max().item() < slots and pattern.query_pos.max().item() == slots - 1
+    with torch.no_grad():
+        ours = FramePatternAttention(pattern)(layer, x, None)
+        ref = naive_attention(layer, x, rows)
+    assert (ours - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        bidirectional_window_pattern(12, 3),
+        bidirectional_window_pattern(12, correction=False),
+        anchored_sliding_pattern(40, 16),
+        window_pattern(16, 4),
+    ],
+    ids=["bidirectional", "bidirectional-nocorr", "sliding", "window4"],
+)
+def test_slot_attention_equals_gathered_keys(pattern):
+    """The decomposed attention equals the one attention kernel run on explicitly gathered per-slot keys/values
+    (query i against its S slots, K = W_k z_src + W_k p_pos)."""
+    torch.manual_seed(1)
+    n, c, heads = 3, 16, 2
+    f, positions = pattern.num_frames, int(pattern.key_pos.max()) + 1
+    q, k, v = torch.randn(3, n, f, c).unbind(0)
+    pk, pv = torch.randn(2, positions, c).unbind(0)
+    ours = slot_attention(q, k, v, pk, pv, pattern.src, pattern.key_pos, heads)  # [n, f, c]
+    k_slots = k[:, pattern.src] + pk[pattern.key_pos]  # [n, f, S, c]
+    v_slots = v[:, pattern.src] + pv[pattern.key_pos]
+    ref = attention(q[:, :, None], k_slots, v_slots, heads)[:, :, 0]  # one query per frame
+    assert (ours - ref).abs().max().item() < 1e-5
