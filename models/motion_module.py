@@ -58,7 +58,9 @@ class TemporalTransformer3DModel(nn.Module):
         t = self.proj_in(rearrange(self.norm(x), "n c h w -> n (h w) c"))  # [(b f), d, c]
         for block in self.transformer_blocks:
             t = block(t, num_frames)
-        return rearrange(self.proj_out(t), "n (h w) c -> n c h w", h=h_, w=w_) + x  # [(b f), c, h, w]
+        # contiguous NCHW, so the residual sum (and everything after it) does not run channels-last
+        t = rearrange(self.proj_out(t), "n (h w) c -> n c h w", h=h_, w=w_).contiguous()  # [(b f), c, h, w]
+        return t + x
 
 
 class VanillaTemporalModule(nn.Module):

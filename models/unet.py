@@ -161,7 +161,8 @@ class SpatialTransformer(nn.Module):
         h = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")  # [b, (h w), c]
         for block in self.transformer_blocks:
             h = block(h, context)
-        h = rearrange(h, "b (h w) c -> b c h w", h=h_, w=w_)  # [b, c, h, w]
+        # contiguous NCHW: a channels-last view here would make every later conv and norm run channels-last
+        h = rearrange(h, "b (h w) c -> b c h w", h=h_, w=w_).contiguous()  # [b, c, h, w]
         return self.proj_out(h) + x
 
 
@@ -231,10 +232,9 @@ MOTION_SLOTS: dict[str, tuple[str, int]] = motion_slots(UNetConfig())
 def motion_module_at(motion: MotionModules, path: str) -> nn.Module | None:
     """The motion module at ``path`` (e.g. ``down_blocks.0.motion_modules.1``), None where the tree has no such slot
     (v1/v3 have no ``mid_block``)."""
-    try:
-        return motion.get_submodule(path)
-    except AttributeError:
+    if path.startswith("mid_block.") and motion.mid_block is None:
         return None
+    return motion.get_submodule(path)  # an unknown path raises: the slot table and the tree disagree
 
 
 class UNetModel(nn.Module):
