@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 
@@ -81,24 +81,84 @@ def save_video(frames: Tensor, path: str | os.PathLike, fps: int = 8) -> None:
                 Image.fromarray(a).save(tmp / f"{i:04d}.png")
 
 
-def load_image(path: str | os.PathLike) -> Tensor:
-    """Read an image file as ``[3, H, W]`` float in [0, 1]. Grayscale, palette and 16-bit images are converted to RGB;
-    an alpha channel is composited onto white (documented in the README)."""
+MAX_IMAGE_PIXELS = 64_000_000  # an 8000x8000 photo; the model works at <= 2048x2048, so more only costs memory
+MAX_IMAGE_ASPECT = 16.0  # wider or taller than 16:1 is a strip, not a picture: cropping it to the grid loses it
+
+
+class ImageInputError(ValueError):
+    """An input image cannot be used; the message says why and what to pass instead."""
+
+
+def check_image_size(height: int, width: int, what: str = "image") -> None:
+    """Refuse an image by its dimensions alone (read from the file header, before any pixel is decoded): empty, more
+    than :data:`MAX_IMAGE_PIXELS`, or more elongated than :data:`MAX_IMAGE_ASPECT`."""
+    if height < 1 or width < 1:
+        raise ImageInputError(f"{what} has no pixels ({width}x{height})")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageInputError(
+            f"{what} is {width}x{height} = {height * width / 1e6:.0f} megapixels, over the {MAX_IMAGE_PIXELS / 1e6:.0f}"
+            f" MP limit (the model works at 2048x2048 at most); downscale it first"
+        )
+    if max(height, width) / min(height, width) > MAX_IMAGE_ASPECT:
+        raise ImageInputError(
+            f"{what} is {width}x{height}, more elongated than {MAX_IMAGE_ASPECT:g}:1; fitting it to the model's grid "
+            f"would keep a sliver of it. Crop it to a picture-like shape first"
+        )
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
+    """Read an image file as ``[3, H, W]`` float in [0, 1], decoded by its mode and upright (EXIF orientation applied).
+
+    The dimensions are checked from the header before decoding (:func:`check_image_size`); with ``size=(height,
+    width)`` a JPEG is decoded at the smallest power-of-two reduction still covering that size, so memory follows the
+    request, not the file. 8-bit modes (grayscale, palette, RGB, CMYK) are converted to RGB, an alpha channel is
+    composited onto white; 16-bit grayscale (``I;16*``) is divided by 65535; float images (``F``) must already lie in
+    [0, 1]; 32-bit integer images (``I``, no defined range) are refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
     try:
         with Image.open(path) as img:
+            width, height = img.size  # from the header; nothing decoded yet
+            check_image_size(height, width, f"image {str(path)!r}")
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (size[1], size[0]))  # DCT-domain downscale, never below the requested size
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float32)
-                array = array / (65535.0 if array.max() > 255 else 255.0)
-                return torch.from_numpy(array)[None].expand(3, -1, -1).clone()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}. Use a PNG, JPEG or WebP file.") from e
+            img = ImageOps.exif_transpose(img)
+            return _to_tensor(img, path)
+    except ImageInputError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(f"image {str(path)!r} is too large to decode safely ({e}); downscale it first") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageInputError(f"cannot read image {str(path)!r}: {e}. Use a PNG, JPEG or WebP file.") from None
+
+
+def _to_tensor(img: Image.Image, path: Path) -> Tensor:
+    """A decoded PIL image -> ``[3, H, W]`` float in [0, 1], scaled by what its mode means (never by its values)."""
+    if img.mode.startswith("I;16"):
+        gray = np.asarray(img, dtype=np.float32) / 65535.0  # [H, W]
+        return torch.from_numpy(gray)[None].expand(3, -1, -1).clone()
+    if img.mode == "I" and img.format == "PNG":  # older Pillow opens 16-bit grayscale PNG as I
+        gray = np.asarray(img, dtype=np.float32) / 65535.0
+        return torch.from_numpy(gray)[None].expand(3, -1, -1).clone()
+    if img.mode == "I":
+        raise ImageInputError(
+            f"image {str(path)!r} is a 32-bit integer image, whose value range is not defined; save it as an 8- or "
+            f"16-bit PNG"
+        )
+    if img.mode == "F":
+        gray = np.asarray(img, dtype=np.float32)
+        if not (np.isfinite(gray).all() and gray.min() >= 0.0 and gray.max() <= 1.0):
+            raise ImageInputError(
+                f"image {str(path)!r} is a floating-point image with values in [{np.nanmin(gray):g}, "
+                f"{np.nanmax(gray):g}]; float images must hold values in [0, 1] (or save it as 8- or 16-bit PNG)"
+            )
+        return torch.from_numpy(gray.copy())[None].expand(3, -1, -1).clone()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from animatezero.controls import Controls, spatial_processors, steps_in_range, temporal_processors
 from animatezero.hooks import installed, spatial_self_attention_layers
-from animatezero.io import load_image
+from animatezero.io import check_image_size, load_image
 from animatezero.processors import Anchor, KVBank, RecordKV, StepState
 from animatezero.results import ImageResult, VideoResult
 from models.compile import compile_module, compile_options, uses_cuda_graphs
@@ -656,7 +656,8 @@ class AnimateZeroPipeline:
         """Real-image animation, step 1: fit the image to the model's grid (:func:`fit_image`), VAE-encode it and
         DDIM-invert it. ``result.image`` is the VAE reconstruction (what frame 0 will show);
         ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
-        pixels = load_image(image) if not isinstance(image, Tensor) else image.float()
+        size = (height, width) if height is not None and width is not None else None
+        pixels = load_image(image, size) if not isinstance(image, Tensor) else image.float()
         pixels = fit_image(pixels, height, width)  # [3, H, W] in [0, 1]
         with self._using(self.vae):
             latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
@@ -703,22 +704,35 @@ class AnimateZeroPipeline:
 
 
 def fit_image(image: Tensor, height: int | None = None, width: int | None = None, short_side: int = 512) -> Tensor:
-    """Resize and center-crop ``[3, H, W]`` to the model's grid. With ``height``/``width`` given: scale to cover them
-    (keeping the aspect ratio) and center-crop to exactly that size. Without: scale so the short side is ``short_side``
-    and center-crop each side down to a multiple of 8 (the VAE's factor)."""
+    """Center-crop and resize ``[3, H, W]`` to the model's grid. With ``height``/``width`` given: the largest centered
+    region of that aspect ratio, resized to exactly that size. Without: the short side becomes ``short_side`` and each
+    side a multiple of 8 (the VAE's factor).
+
+    The crop comes first, so the resize allocates the output size and never an upscaled copy of the whole source (a
+    1x20000 strip fitted to 512x512 would otherwise need 63 GB); overly elongated or huge inputs are refused by
+    :func:`animatezero.io.check_image_size`."""
     import torch.nn.functional as F
 
     _, h, w = image.shape
+    check_image_size(h, w)
     if height is None or width is None:
         scale = short_side / min(h, w)
         height = height or max(MIN_SIZE, int(h * scale) // 8 * 8)
         width = width or max(MIN_SIZE, int(w * scale) // 8 * 8)
     check_size(height, width)
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    resized = F.interpolate(image[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)[0]
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return resized[:, top : top + height, left : left + width].clamp(0, 1)
+    # the centered source region with the target's aspect ratio: [3, crop_h, crop_w]
+    crop_h, crop_w = (
+        (h, max(1, round(h * width / height)))
+        if w * height > h * width
+        else (
+            max(1, round(w * height / width)),
+            w,
+        )
+    )
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    region = image[:, top : top + crop_h, left : left + crop_w]
+    resized = F.interpolate(region[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return resized[0].clamp(0, 1)  # [3, height, width]
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

@@ -152,11 +152,16 @@ def environment(device: str | None = None) -> dict[str, Any]:
     return env
 
 
-def checkpoint_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+def checkpoint_sha256(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *, validate: bool = True
+) -> str:
     """SHA-256 of a checkpoint file, remembered in ``cache_dir/sha256.json`` by (real path, size, mtime), so a
-    4 GB file is hashed once and not on every run."""
-    from models.checkpoint import file_sha256
+    4 GB file is hashed once and not on every run. With ``validate`` the file is first checked as a checkpoint
+    (:func:`models.checkpoint.check_checkpoint_file`); without, only as a regular file (a download's bytes)."""
+    from models.checkpoint import check_checkpoint_file, file_sha256
 
+    if validate:  # type, size and header first: a FIFO, /dev/zero or a directory is never hashed
+        check_checkpoint_file(path)
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"

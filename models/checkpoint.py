@@ -23,6 +23,7 @@ import os
 import pickle
 import pickletools
 import re
+import stat
 import warnings
 import zipfile
 from collections import Counter
@@ -42,6 +43,9 @@ CLIP_PREFIX = "cond_stage_model.transformer."  # + "text_model." (most files) or
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; real SD1.5 headers are ~150 kB
+MAX_CHECKPOINT_BYTES = 64 << 30  # a full fp32 SD1.5 file with EMA is ~7.7 GB; anything far larger is not one of ours
+MAX_ZIP_RATIO = 20  # torch.save stores members uncompressed (ratio 1); a re-zipped file compresses floats ~1.1x
+MAX_ZIP_SLACK = 1 << 20  # small members may compress well (a pickle of key names); allow this much beyond the ratio
 
 FAMILIES = ("sd15", "sd15-inpaint", "sd2", "sdxl", "vae-only", "motion-module", "motion-lora", "lora", "unknown")
 
@@ -109,8 +113,95 @@ class KeyMismatchError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------------------------- reading files
+def check_checkpoint_file(path: str | os.PathLike) -> int:
+    """Validate a checkpoint path before anything reads or hashes it; return its size in bytes.
+
+    The rule: only a regular file (symlinks followed) of a plausible size whose first bytes look like the format its
+    suffix names. So a FIFO or ``/dev/zero`` never blocks or streams forever, a directory gets one clear message and a
+    huge sparse file is refused from its header in microseconds, not after hashing gigabytes.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"checkpoint not found: {path} does not exist; check the path") from None
+    except OSError as e:
+        raise CorruptCheckpointError(f"cannot read the checkpoint {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CorruptCheckpointError(
+            f"{path} is a directory, but a single-file checkpoint (.safetensors or .ckpt) was expected; "
+            f"diffusers-format folders are not supported, pass the single-file checkpoint instead"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise CorruptCheckpointError(
+            f"{path} is {kind}, not a regular file; a checkpoint must be a .safetensors or .ckpt file on disk"
+        )
+    size = st.st_size
+    if size == 0:
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes); the download or copy probably failed, fetch it again")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CorruptCheckpointError(
+            f"{path} is {size / 2**30:.1f} GiB, more than any SD1.5 or motion-module checkpoint "
+            f"(limit {MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB); it is not a checkpoint of a supported kind"
+        )
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES or (suffix in PICKLE_SUFFIXES and _looks_like_safetensors(path, size)):
+        check_safetensors_header(path)
+    elif suffix in PICKLE_SUFFIXES:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # a zip archive (torch.save since 1.6) or a legacy pickle stream (protocol opcode 0x80, or protocol 0/1 text)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] in (b"\x80", b"(", b"}", b"]", b"c")):
+            raise CorruptCheckpointError(
+                f"{path} does not start like a torch checkpoint (first bytes {head!r}: neither a zip archive nor a "
+                f"pickle); it is corrupt or not a checkpoint, fetch it again"
+            )
+        if head.startswith(b"PK\x03\x04"):
+            check_zip_members(path, size)
+    else:
+        raise CorruptCheckpointError(
+            f"unknown checkpoint suffix {path.suffix!r} ({path.name}); expected .safetensors or .ckpt/.pt/.pth/.bin"
+        )
+    return size
+
+
+def check_zip_members(path: str | os.PathLike, size: int | None = None) -> None:
+    """Refuse a zip-format torch checkpoint whose members would inflate far beyond the file (a zip bomb), from the
+    central directory alone: no member is decompressed. Limits: each member at most ``MAX_ZIP_RATIO`` times its
+    compressed size (plus ``MAX_ZIP_SLACK``), and all members together at most that much beyond the file size."""
+    path = Path(path)
+    size = path.stat().st_size if size is None else size
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CorruptCheckpointError(
+            f"{path} could not be read as a torch checkpoint ({e}); the file is probably truncated or corrupt, "
+            f"fetch it again"
+        ) from None
+    total = 0
+    for info in infos:
+        total += info.file_size
+        if info.file_size > MAX_ZIP_RATIO * info.compress_size + MAX_ZIP_SLACK:
+            raise CorruptCheckpointError(
+                f"{path}: zip member {info.filename!r} would inflate from {info.compress_size:,} to "
+                f"{info.file_size:,} bytes (ratio over {MAX_ZIP_RATIO}); torch checkpoints are stored uncompressed, "
+                f"so this is a zip bomb or a corrupt file. Nothing was unpacked"
+            )
+    if total > MAX_ZIP_RATIO * size + MAX_ZIP_SLACK:
+        raise CorruptCheckpointError(
+            f"{path}: its zip members add up to {total:,} bytes uncompressed, more than {MAX_ZIP_RATIO}x the "
+            f"{size:,}-byte file; this is a zip bomb or a corrupt file. Nothing was unpacked"
+        )
+
+
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (constant memory)."""
+    """Hex SHA-256 of a regular file, read in chunks (constant memory). A FIFO, device or directory is refused
+    before it is opened (opening a FIFO would block, a device could stream forever)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise CorruptCheckpointError(f"{path} is not a regular file; only files on disk can be hashed")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk_size):
@@ -127,26 +218,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     dropped. Raises :class:`CheckpointError` subclasses, never a crash or an arbitrary exception from a bad file.
     """
     path = Path(path)
-    if not path.exists():
-        raise CorruptCheckpointError(f"checkpoint not found: {path} does not exist; check the path")
-    if path.is_dir():
-        raise CorruptCheckpointError(
-            f"{path} is a directory, but a single-file checkpoint (.safetensors or .ckpt) was expected; "
-            f"diffusers-format folders are not supported, pass the single-file checkpoint instead"
-        )
-    size = path.stat().st_size
-    if size == 0:
-        raise CorruptCheckpointError(f"{path} is empty (0 bytes); the download or copy probably failed, fetch it again")
-    suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
+    size = check_checkpoint_file(path)  # type, size and header (and zip member sizes) before reading any data
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES or _looks_like_safetensors(path, size):  # or a renamed one
         return _read_safetensors(path, size)
-    if suffix in PICKLE_SUFFIXES:
-        if _looks_like_safetensors(path, size):  # a renamed .safetensors file
-            return _read_safetensors(path, size)
-        return _read_pickle(path)
-    raise CorruptCheckpointError(
-        f"unknown checkpoint suffix {path.suffix!r} ({path.name}); expected .safetensors or .ckpt/.pt/.pth/.bin"
-    )
+    return _read_pickle(path)
 
 
 def read_shapes(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -213,9 +288,10 @@ def check_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, an integer over the digit limit, deep nesting
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
         raise CorruptCheckpointError(
-            f"{path}: the safetensors header is not valid JSON ({e}); the file is corrupt"
+            f"{path}: the safetensors header is not valid JSON ({reason}); the file is corrupt"
         ) from None
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
@@ -254,7 +330,7 @@ def check_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_safetensors(path: Path, size: int) -> dict[str, Tensor]:
-    check_safetensors_header(path)
+    # the header was validated by check_checkpoint_file
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -653,10 +729,32 @@ def load_strict(
             + "\nThe file is not a standard checkpoint of this kind or is damaged; check it with "
             "scripts/inspect_checkpoint.py"
         )
-    converted = {}
+    reference = module.state_dict()
+    wrong_kind = {
+        key_prefix + k: str(v.dtype).removeprefix("torch.")
+        for k, v in sd.items()
+        if reference[k].is_floating_point() and not v.is_floating_point()
+    }
+    if wrong_kind:
+        raise CheckpointError(
+            f"the {what} weights hold integer or boolean tensors where floating-point weights belong:\n"
+            + "\n".join(f"    {k}: {d}" for k, d in list(wrong_kind.items())[:8])
+            + "\nQuantized or otherwise converted files are not supported; use the original fp16/fp32 checkpoint"
+        )
+    converted, non_finite = {}, []
     for k in list(sd):
         t = sd.pop(k)
         converted[k] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        if converted[k].is_floating_point() and not bool(torch.isfinite(converted[k]).all()):
+            non_finite.append(key_prefix + k)
+    if non_finite:  # NaN weights only ever give black frames; say which, at load time
+        raise CheckpointError(
+            f"the {what} weights contain NaN or infinite values in {len(non_finite)} tensor(s) (in the file, or "
+            f"overflowing when cast to {str(dtype).removeprefix('torch.')}):\n"
+            + "\n".join(f"    {k}" for k in non_finite[:8])
+            + ("\n    ..." if len(non_finite) > 8 else "")
+            + "\nThe file is damaged (a diverged training run or a bad merge); use another checkpoint"
+        )
     module.load_state_dict(converted, strict=True, assign=True)
     module.to(device=device, dtype=dtype)  # buffers created at construction
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type == "meta"]
