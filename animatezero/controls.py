@@ -143,6 +143,8 @@ def spatial_processors(
         return {}
     active = None if controls.kv_steps == (0.0, 1.0) else steps_in_range(timesteps, controls.kv_steps)
     weights = anchor_weights(num_frames, [a.frame for a in anchors])
+    if weights is not None:  # made on the UNet's device once, not moved there inside every forward
+        weights = weights.to(next(unet.parameters()).device)
     return {
         name: SharedFirstFrameKV(
             name,

@@ -105,7 +105,8 @@ class SharedFirstFrameKV:
     anchors' tokens with anchor a's tokens weighted by ``weights[j, a]`` (an additive ``log w`` bias, so a weight of 0
     hides the anchor and frame ``anchor.frame`` sees only its own anchor when its weight row is one-hot).
 
-    Input tokens are ``[(b f), n, c]`` with frames innermost, as the UNet lays out a video batch.
+    Input tokens are ``[(b f), n, c]`` with frames innermost, as the UNet lays out a video batch. ``weights`` must be
+    on the UNet's device (the forward only casts them to the activations' dtype).
     """
 
     def __init__(
@@ -166,7 +167,8 @@ class SharedFirstFrameKV:
         v = torch.cat([v for _, v in kv], dim=1)[:, None].expand(b, f, -1, -1)
         bias = None
         if self.log_weights is not None:
-            bias = self.log_weights.to(q.device, q.dtype).repeat_interleave(n, dim=1)  # [f, A*n]
+            # log_weights live on the UNet's device (made there by the caller): no host-to-device copy per call
+            bias = self.log_weights.to(q.dtype).repeat_interleave(n, dim=1)  # [f, A*n]
         if self.mode == "concat":
             k, v = torch.cat([k, attn.to_k(x)], dim=2), torch.cat([v, attn.to_v(x)], dim=2)  # [b, f, (A+1)*n, c]
             if bias is not None:

@@ -113,6 +113,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run compiled (mode: default, reduce-overhead = + CUDA graphs, max-autotune...); cold and cached "
         "warm-ups reported apart",
     )
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="with --compile: only the compiled runs (no eager runs, no diffusers; x_eager is then not reported)",
+    )
+    p.add_argument(
+        "--compile-runs",
+        choices=("both", "text_to_video", "animatezero"),
+        default="both",
+        help="which runs --compile measures (one run compiles fewer graphs: a shorter warm-up)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default=None,
+        help="with --compile: a torch.compile backend instead of Inductor's mode (e.g. 'eager': traces only; for a "
+        "quick dry run of this script)",
+    )
     p.add_argument("--memory-options", action="store_true", help="also run vae_chunk_size 16 / 1 and offload")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' AnimateDiffPipeline")
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic checkpoints (default: ~/.cache/...)")
@@ -127,6 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     height, width, frames, steps = DEFAULTS[args.size]
     args.height, args.width = args.height or height, args.width or width
     args.frames, args.steps = args.frames or frames, args.steps or steps
+    if args.compile_only and not args.compile:
+        p.error("--compile-only needs --compile [MODE]")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     return args
@@ -338,8 +357,11 @@ def diffusers_runs(files, args, video_latents, device, dtype, our_frames) -> tup
     return runs, parity
 
 
-def t2v_and_animatezero(pipe, args, video_latents, image_latents, device, warmup: int) -> tuple[dict, dict]:
-    """Measure ``pipe``'s text_to_video and full AnimateZero (text_to_image(record_kv) + animate)."""
+def t2v_and_animatezero(
+    pipe, args, video_latents, image_latents, device, warmup: int, which: str = "both"
+) -> tuple[dict | None, dict | None]:
+    """Measure ``pipe``'s text_to_video and full AnimateZero (text_to_image(record_kv) + animate); ``which`` says
+    which of the two ("both", "text_to_video", "animatezero"; the other is None)."""
     common = dict(height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance)
 
     def t2v():
@@ -349,9 +371,13 @@ def t2v_and_animatezero(pipe, args, video_latents, image_latents, device, warmup
         image = pipe.text_to_image(PROMPT, latents=image_latents, record_kv=True, **common)
         return pipe.animate(image, num_frames=args.frames, latents=video_latents)
 
-    out = measure(t2v, device, args.repeats, warmup), measure(animatezero, device, args.repeats, warmup)
+    out = (
+        measure(t2v, device, args.repeats, warmup) if which in ("both", "text_to_video") else None,
+        measure(animatezero, device, args.repeats, warmup) if which in ("both", "animatezero") else None,
+    )
     for r in out:
-        r["result"] = None
+        if r is not None:
+            r["result"] = None
     return out
 
 
@@ -364,11 +390,15 @@ def compile_runs(pipe, args, video_latents, image_latents, device, dtype) -> tup
 
     modules = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.motion_module)
 
-    def one_pass(cache: str, warmup: int) -> tuple[tuple[dict, dict], dict]:
+    which = getattr(args, "compile_runs", "both")
+
+    def one_pass(cache: str, warmup: int) -> tuple[tuple[dict | None, dict | None], dict]:
         torch._dynamo.reset()
         counters.clear()
-        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=args.compile, compile_cache_dir=cache)
-        runs = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, warmup)
+        backend = getattr(args, "compile_backend", None)
+        setting = {"backend": backend} if backend else args.compile
+        cpipe = AnimateZeroPipeline(*modules, device=device, dtype=dtype, compile=setting, compile_cache_dir=cache)
+        runs = t2v_and_animatezero(cpipe, args, video_latents, image_latents, device, warmup, which)
         return runs, dict(counters["inductor"])
 
     with tempfile.TemporaryDirectory(prefix="animatezero_bench_compile_") as cache:
@@ -376,13 +406,15 @@ def compile_runs(pipe, args, video_latents, image_latents, device, dtype) -> tup
         again, cached = one_pass(cache, 0)
         torch._dynamo.reset()
     for r, second in zip((t2v, az), again):
-        r["warmup_cold_s"], r["warmup_cached_s"] = r["warmup_s"][0], second["times_s"][0]
+        if r is not None:
+            r["warmup_cold_s"], r["warmup_cached_s"] = r["warmup_s"][0], second["times_s"][0]
     inductor_cache = {
         "cold_misses": cold.get("fxgraph_cache_miss", 0),
         "cached_hits": cached.get("fxgraph_cache_hit", 0),
         "cached_misses": cached.get("fxgraph_cache_miss", 0),
     }
-    return {"compiled_text_to_video": t2v, "compiled_animatezero": az}, inductor_cache
+    runs = {"compiled_text_to_video": t2v, "compiled_animatezero": az}
+    return {name: r for name, r in runs.items() if r is not None}, inductor_cache
 
 
 def memory_option_runs(pipe, args, video_latents, image_latents, device, dtype) -> list[dict]:
@@ -418,12 +450,12 @@ def summarize_compiled(compiled: dict, runs: dict, counts: dict[str, float], ste
     """The compiled runs' summaries, with their first runs (empty cache, cached) and their ratio to the eager run."""
     out = {}
     for name, r in compiled.items():
-        eager = runs["ours_text_to_video" if name.endswith("text_to_video") else "ours_animatezero"]
+        eager = runs.get("ours_text_to_video" if name.endswith("text_to_video") else "ours_animatezero")
         out[name] = {
             **summarize(name, r, counts, steps),
             "warmup_cold_s": r["warmup_cold_s"],
             "warmup_cached_s": r["warmup_cached_s"],
-            "x_eager": r["median_s"] / eager["median_s"],
+            "x_eager": r["median_s"] / eager["median_s"] if eager is not None else None,  # None: --compile-only
         }
     return out
 
@@ -482,24 +514,27 @@ def markdown(report: dict) -> str:
         f"torch {m['torch']}, diffusers {m['diffusers'] or '–'}, {m['date']}; median of {m['repeats']} runs after "
         f"{m['warmup']} warm-up; TFLOP counted {m['flop_count']}",
         "",
-        "| run | median s | steps/s | peak GiB | TFLOP | TFLOP/s | x diffusers |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    if report["runs"]:
+        lines += [
+            "| run | median s | steps/s | peak GiB | TFLOP | TFLOP/s | x diffusers |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for name, r in report["runs"].items():
         lines.append(
             f"| {name} | {_fmt(r['median_s'])} | {_fmt(r['steps_per_s'])} | {_fmt(r['peak_mem_gib'])} | "
             f"{_fmt(r['tflop'])} | {_fmt(r['tflops_per_s'])} | {_fmt(r.get('x_diffusers'))} |"
         )
-    ratios = report["ratios"]
-    lines += ["", "| ratio | value |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in ratios.items()]
+    if ratios := report["ratios"]:
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in ratios.items()]
     if report.get("parity"):
         p = report["parity"]
         lines += ["", f"Parity (ours vs diffusers text-to-video frames): max abs {_fmt(p['max_abs'])}."]
-    t = report["targets"]
-    lines += ["", f"Targets ({'applicable' if t['applicable'] else 'not applicable: not the target setting'}):", ""]
-    lines += ["| target | value | limit | met |", "|---|---:|---:|---|"]
-    lines += [f"| {k} | {_fmt(v['value'])} | {v['limit']} | {_fmt(v['met'])} |" for k, v in t["checks"].items()]
+    if t := report["targets"]:
+        lines += ["", f"Targets ({'applicable' if t['applicable'] else 'not applicable: not the target setting'}):"]
+        lines += ["", "| target | value | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {k} | {_fmt(v['value'])} | {v['limit']} | {_fmt(v['met'])} |" for k, v in t["checks"].items()]
     if report.get("compile"):
         lines += compile_table(report["compile"], report["compile_cache"], report["meta"]["compile"])
     if report.get("memory_options"):
@@ -572,11 +607,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     counts = count_flops(pipe, args.frames, args.height, args.width, guided=args.guidance != 1.0)
     log(f"[benchmark] loaded in {meta['load_s']:.1f} s, FLOPs counted at {time.perf_counter() - start:.1f} s")
 
-    raw = our_runs(pipe, args, video_latents, image_latents, device)
+    eager = not args.compile_only  # --compile-only: no eager runs, no diffusers
+    raw = our_runs(pipe, args, video_latents, image_latents, device) if eager else {}
     log(f"[benchmark] our runs done at {time.perf_counter() - start:.1f} s")
-    our_frames = raw["ours_text_to_video"].pop("result").frames
     parity = None
-    if not args.no_diffusers:
+    if eager and not args.no_diffusers:
+        our_frames = raw["ours_text_to_video"].pop("result").frames
         if device.type == "cuda":
             park(pipe, "cpu")
         extra, parity = diffusers_runs(files, args, video_latents, device, dtype, our_frames)
@@ -586,11 +622,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         log(f"[benchmark] diffusers runs done at {time.perf_counter() - start:.1f} s")
 
     runs = {name: summarize(name, r, counts, args.steps) for name, r in raw.items()}
-    ratios: dict[str, float | None] = {
-        "controls_overhead": runs["ours_animate"]["median_s"] / runs["ours_text_to_video"]["median_s"],
-        "controls_overhead_kv_current": runs["ours_animate_kv_current"]["median_s"]
-        / runs["ours_text_to_video"]["median_s"],
-    }
+    ratios: dict[str, float | None] = {}
+    if eager:
+        t2v_s = runs["ours_text_to_video"]["median_s"]
+        ratios["controls_overhead"] = runs["ours_animate"]["median_s"] / t2v_s
+        ratios["controls_overhead_kv_current"] = runs["ours_animate_kv_current"]["median_s"] / t2v_s
     if "diffusers_text_to_video" in runs:
         base = runs["diffusers_text_to_video"]
         for r in runs.values():
@@ -608,7 +644,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         "runs": runs,
         "ratios": ratios,
         "parity": parity,
-        "targets": check_targets(args, runs, ratios),
+        "targets": check_targets(args, runs, ratios) if eager else None,
         "compile": None,
         "compile_cache": None,
         "memory_options": None,

@@ -1,0 +1,58 @@
+"""scripts/gpu_check.py: the dry run (CPU, tiny) writes its JSON and Markdown; a part past its time box is killed and
+recorded while the next part still runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_check  # noqa: E402
+
+
+def test_dry_run_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--dry-run", "--out", str(out), "--parts", "environment", "gpu_tests", "--cache-dir", str(tmp_path / "c")]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), *argv], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert summary["dry_run"] is True
+    assert set(summary["parts"]) == {"wheels", "environment", "gpu_tests"}
+    assert summary["parts"]["environment"]["status"] == "passed"
+    assert summary["environment"]["torch"]  # the probe's versions were parsed
+    assert summary["parts"]["gpu_tests"]["status"] == "passed"  # on a CPU: collected, skipped cleanly
+    assert summary["parts"]["wheels"]["missing"] == []  # this environment has diffusers & co.
+    text = (out / "gpu_check.md").read_text()
+    assert text == summary["markdown"] and "dry run" in text
+    assert "| environment | passed |" in text and "| gpu_tests | passed |" in text
+    assert "===== gpu_tests" in (out / "gpu_check.log").read_text()
+
+
+def test_time_box_kills_a_part_and_the_rest_still_runs(tmp_path):
+    parts = [
+        gpu_check.Part("hangs", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 2),
+        gpu_check.Part("needs_missing", [sys.executable, "-c", "pass"], 30, needs=("diffusers",)),
+        gpu_check.Part("quick", [sys.executable, "-c", "print('ok')"], 30, min_s=1),
+        gpu_check.Part("no_time_left", [sys.executable, "-c", "pass"], 30, min_s=10_000),
+    ]
+    with open(tmp_path / "log", "w") as log:
+        results = gpu_check.run_parts(parts, 600, {}, log, missing=["diffusers"])
+    assert results["hangs"]["status"] == "timed_out" and results["hangs"]["returncode"] is None
+    assert "started" in results["hangs"]["output_tail"] and results["hangs"]["seconds"] < 30
+    assert results["needs_missing"] == {"status": "skipped", "reason": "diffusers not importable"}
+    assert results["quick"]["status"] == "passed" and "ok" in results["quick"]["output_tail"]
+    assert results["no_time_left"]["status"] == "skipped"
+    text = gpu_check.markdown(
+        {"dry_run": True, "date": "d", "budget_s": 600, "seconds": 3, "environment": {}, "parts": results}
+    )
+    assert "| hangs | timed_out |" in text and "| quick | passed |" in text
+
+
+def test_unknown_part_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="unknown parts"):
+        gpu_check.main(["--out", str(tmp_path / "o"), "--parts", "nonsense"])
