@@ -3,9 +3,13 @@ renamed into place, so an interrupted run never leaves a half-written output."""
 
 from __future__ import annotations
 
+import errno
 import json
+import numbers
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,21 +21,109 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 
+class OutputDirError(RuntimeError):
+    """The output directory cannot be used (not creatable, not writable, or already holds a run)."""
+
+
+class OutputWriteError(OutputDirError, OSError):
+    """Writing an output failed (disk full, quota, permissions); nothing half-written was left in place."""
+
+
+PARTIAL = ".partial-"  # marks atomic_path's temporary entries: .<name>.partial-<host>-<pid>-<random>
+_PARTIAL_NAME = re.compile(r"^\..+\.partial-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; a no-op where the OS cannot (some filesystems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                _fsync(child)
+    _fsync(path)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it is flushed to disk (fsync), replaces ``path`` and the
+    folder's entry is flushed too, so a crash leaves the old or the new output, never a torn one. On error it is
+    removed; an ``OSError`` (disk full, quota, permissions) becomes an :class:`OutputWriteError` naming ``path``.
+    The temporary entry's name records this host and process, so :func:`remove_orphans` can tell one left by a killed
+    process from one still being written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary output folder
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{path.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary output folder
+    except OSError as e:
+        raise _write_error(path, e) from e
     target = tmp if directory else tmp / path.name
     try:
         yield target
+        _fsync_tree(target)
         if directory and path.exists():
             shutil.rmtree(path)
         os.replace(target, path)
+        _fsync(path.parent)
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_error(path: Path, e: OSError) -> OutputWriteError:
+    reason = e.strerror or str(e) or type(e).__name__
+    fix = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder's permissions"
+    return OutputWriteError(f"cannot write {str(path)!r}: {reason}; {fix}, or choose another output folder")
+
+
+def remove_orphans(folder: str | os.PathLike, depth: int = 1) -> list[Path]:
+    """Remove the temporary entries :func:`atomic_path` left in ``folder`` (and, ``depth`` levels down, in its
+    ordinary subfolders) when their process was killed: the process named in the entry is gone, on this host.
+    Entries of live processes or other hosts are kept. Returns the removed paths, sorted."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname()
+    for entry in sorted(folder.iterdir()):
+        m = _PARTIAL_NAME.match(entry.name)
+        if m is not None and m["host"] == host and not pid_alive(int(m["pid"])):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif depth > 0 and not entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+            removed += remove_orphans(entry, depth - 1)
+    return sorted(removed)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a process of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
@@ -54,6 +146,8 @@ def save_video(frames: Tensor, path: str | os.PathLike, fps: int = 8) -> None:
     """Save ``[f, 3, H, W]`` in [0, 1]: ``.mp4`` (H.264, yuv420p, via PyAV), ``.gif`` (looping), or, for any other
     path, a folder of lossless PNG frames ``0000.png, 0001.png, ...``."""
     path = Path(path)
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Integral) or not 1 <= fps <= 240:
+        raise ValueError(f"fps must be a whole number of frames per second in 1..240, got {fps!r}")
     arrays = to_uint8(frames)
     suffix = path.suffix.lower()
     if suffix == ".gif":

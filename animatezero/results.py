@@ -62,5 +62,5 @@ class VideoResult:
 
     def save(self, path: str | os.PathLike, fps: int | None = None) -> Path:
         """``.mp4``, ``.gif``, or a folder of PNG frames (any path without a suffix)."""
-        save_video(self.frames, path, fps=fps or self.fps)
+        save_video(self.frames, path, fps=self.fps if fps is None else fps)
         return Path(path)

@@ -62,6 +62,7 @@ from evaluation.flow import (
 )
 from evaluation.io import read_image, read_video
 from evaluation.protocols import FeatureExtractor, FlowEstimator, ImageTextEncoder, PerceptualDistance, network_meta
+from evaluation.runs import find_runs, run_status  # noqa: F401 - find_runs is part of this module's API
 from evaluation.stats import summarize_rows
 from evaluation.style import style_dist_per_frame
 
@@ -345,11 +346,6 @@ def evaluate_run(
 # ----------------------------------------------------------------------------------------------- sweeps
 
 
-def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every directory at or below ``root`` that contains a ``run.json``, sorted."""
-    return sorted(p.parent for p in Path(root).rglob("run.json"))
-
-
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
@@ -434,8 +430,17 @@ def evaluate_sweep(
     selected = _select(metrics)
     rows, failures = [], {}
     metric_keys: list[str] = []
+    not_done: dict[str, str] = {}
     for run_dir in find_runs(root):
         name = run_dir.relative_to(root).as_posix() or "."
+        try:
+            status = run_status(json.loads((run_dir / "run.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError) as e:
+            status = f"unreadable run.json ({type(e).__name__})"
+        if status != "done":  # failed, interrupted or still running: no finished video to score
+            log.info("skip %s (%s)", name, status)
+            not_done[name] = status
+            continue
         result = None if force else _is_finished(run_dir / "metrics.json", selected)
         if result is not None:
             log.info("skip %s (metrics.json present)", name)
@@ -460,6 +465,7 @@ def evaluate_sweep(
     summary = {
         "num_runs": len(rows),
         "failures": failures,
+        "not_done": not_done,
         "group_by": list(group_by),
         "groups": summarize_rows(rows, metric_keys, group_by),
     }

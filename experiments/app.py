@@ -502,8 +502,10 @@ def build_ui(session: Session):
                         prompt = gr.Textbox(label="Prompt", placeholder="a cat, blinking", lines=2, elem_id="prompt")
                         negative = gr.Textbox(label="Negative prompt", value=str(cfg.negative_prompt or ""))
                         with gr.Row():
-                            seed = gr.Number(label="Seed (-1: random)", value=int(cfg.seed or 0), precision=0)
-                            count = gr.Slider(1, MAX_CANDIDATES, value=4, step=1, label="Candidates")
+                            seed = gr.Number(
+                                label="Seed (-1: random)", value=int(cfg.seed or 0), precision=0, elem_id="seed"
+                            )
+                            count = gr.Slider(1, MAX_CANDIDATES, value=4, step=1, label="Candidates", elem_id="count")
                         make = gr.Button("Make candidates", variant="primary", elem_id="make")
                     with gr.Tab("Real image", elem_id="real-tab"):
                         upload = gr.File(
@@ -569,7 +571,7 @@ def build_ui(session: Session):
                     elem_id="candidates",
                 )
                 picked_view = gr.Image(
-                    label="Image to animate", format="png", interactive=False, height=200, elem_id="picked"
+                    label="Image to animate", format="png", interactive=False, height=160, elem_id="picked"
                 )
                 with gr.Row():
                     mode = gr.Radio(list(MODES), value="animate", label="Mode", elem_id="mode")
@@ -589,8 +591,9 @@ def build_ui(session: Session):
                 with gr.Row():
                     animate = gr.Button("Animate", variant="primary", elem_id="animate")
                     extend = gr.Button("Continue clip", elem_id="continue")
+            with gr.Column(scale=1):
                 status = gr.Markdown("Write a prompt and make candidates.", elem_id="status")
-                video = gr.Video(label="Clip", autoplay=True, loop=True, interactive=False, height=360, elem_id="video")
+                video = gr.Video(label="Clip", autoplay=True, loop=True, interactive=False, height=320, elem_id="video")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
         history = gr.Dataframe(
             headers=HISTORY_HEADERS, value=None, label="This session's runs", interactive=False, elem_id="history"

@@ -21,7 +21,7 @@ from animatezero.controls import Controls
 from animatezero.hub import resolve
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.results import ImageResult, VideoResult
-from animatezero.runlog import check_name, checkpoint_sha256, inside
+from animatezero.runlog import check_name, checkpoint_sha256, distinct_outputs, inside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
@@ -207,7 +207,7 @@ def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
     for key, ref in refs.items():
         if ref is None:
             continue
-        path = resolve(str(ref))
+        path = resolve(str(ref), cache_dir=cfg.paths.cache_dir)  # verified against hub.PINS for the defaults
         out[key] = {"ref": str(ref), "path": str(path), "sha256": checkpoint_sha256(path, cfg.paths.cache_dir)}
     if "motion_lora" in out:
         out["motion_lora"]["scale"] = float(cfg.motion.lora_scale)
@@ -338,8 +338,9 @@ def make_video(
 
 
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
-    """The configured file names inside ``run_dir`` (each checked not to leave it)."""
-    return {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
+    """The configured file names inside ``run_dir`` (each checked not to leave it, nor to collide with another)."""
+    files = {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
+    return distinct_outputs(files)
 
 
 def write_outputs(files: Mapping[str, Path], image: ImageResult, video: VideoResult, fps: int) -> None:

@@ -11,6 +11,7 @@ outputs/generate/<date>/<time>). Every option is in configs/generate.yaml; ``--c
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -161,13 +162,20 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def quote_text_overrides(argv: list[str]) -> list[str]:
     """Quote free-text values (``prompt=a cat, blinking`` after the shell removed its quotes), which Hydra's
-    override grammar would otherwise split at commas or reject for brackets."""
+    override grammar would otherwise split at commas or reject for brackets, and escape every ``${`` in them: a
+    prompt is taken as typed, never as an interpolation (``${oc.env:TOKEN}`` would put a secret in run.json and
+    W&B; ``price $5 ${`` would be a grammar error)."""
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
-        if sep and key.lstrip("+~") in TEXT_KEYS and not quoted:
-            arg = f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+        if sep and key.lstrip("+~") in TEXT_KEYS:
+            quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
+            # backslashes before ${ are doubled (they are literal too), then the ${ itself is escaped
+            escape = lambda text: re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", text)  # noqa: E731
+            if quoted:
+                arg = f"{key}={value[0]}{escape(value[1:-1])}{value[0]}"
+            else:
+                arg = f"{key}='{escape(value).replace(chr(39), chr(92) + chr(39))}'"
         out.append(arg)
     return out
 

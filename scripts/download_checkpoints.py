@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from animatezero.hub import DEFAULT_CHECKPOINT, DEFAULT_MOTION_MODULE, parse_hub_reference  # noqa: E402
+from animatezero.hub import DEFAULT_CHECKPOINT, DEFAULT_MOTION_MODULE, PINS, parse_hub_reference  # noqa: E402
 
 NAMED = {
     "sd15": DEFAULT_CHECKPOINT,
@@ -40,7 +40,11 @@ def download(ref: str, dest: Path, revision: str | None = None, sha256: str | No
     if parsed is None:
         raise SystemExit(f"error: {ref!r} is neither a known name ({', '.join(NAMED)}) nor a hub file org/repo/file")
     repo_id, filename, ref_revision = parsed
-    path = Path(hf_hub_download(repo_id, filename, revision=revision or ref_revision, local_dir=dest))
+    revision = revision or ref_revision
+    pin = PINS.get(f"{repo_id}/{filename}")
+    if pin is not None and revision in (None, pin.revision):  # a default file: its pinned commit and SHA-256
+        revision, sha256 = pin.revision, sha256 or pin.sha256
+    path = Path(hf_hub_download(repo_id, filename, revision=revision, local_dir=dest))
     digest = file_sha256(path)
     if sha256 is not None and digest != sha256.lower():
         raise SystemExit(f"error: {path} has SHA-256 {digest}, expected {sha256}: the download is corrupt or changed")

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from evaluation.runs import find_runs, run_status  # noqa: E402
 from evaluation.stats import summarize  # noqa: E402
 
 # (metric key, column title); arrows say which direction is better.
@@ -104,10 +105,9 @@ def collect(sweep_dirs: Sequence[Path]) -> list[Run]:
         if not sweep_dir.is_dir():
             raise SystemExit(f"error: {sweep_dir} is not a directory")
         from_csv = _csv_metrics(sweep_dir)
-        for run_json in sorted(sweep_dir.rglob("run.json")):
-            run_dir = run_json.parent
-            run = json.loads(run_json.read_text())
-            if run.get("status", "done") != "done":
+        for run_dir in find_runs(sweep_dir):  # committed runs only (no temporary folders of killed sweeps)
+            run = json.loads((run_dir / "run.json").read_text())
+            if run_status(run) != "done":
                 continue
             label = run.get("configuration") or run_dir.parent.name
             item = Run(sweep_dir.name, label, run_dir, run)

@@ -6,6 +6,7 @@ turn every failure into one named error with a clear message."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import signal
@@ -265,3 +266,316 @@ def test_image_values_always_lie_in_unit_range(tmp_path):
     Image.fromarray(np.array([[0, 65535]], np.uint16).repeat(8, 0).repeat(4, 1)).save(path)
     out = load_image(path)
     assert out.min().item() == 0.0 and out.max().item() == 1.0 and not math.isnan(out.sum().item())
+
+
+# ----------------------------------------------------------------------------------- 3. sweeps count committed items
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _run_json(folder: Path, **fields) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({"status": "done", "configuration": "paper", **fields}))
+
+
+def test_killed_sweep_leaves_no_countable_run_and_its_orphan_is_removed(tmp_path):
+    """A process killed (SIGKILL) inside atomic_path, just after writing an item's done run.json."""
+    import subprocess
+    import sys
+
+    from animatezero.io import remove_orphans
+    from evaluation.runs import find_runs
+
+    item = tmp_path / "sweep" / "paper" / "cat_s0"
+    code = (
+        "import json, os, signal, sys\n"
+        "from animatezero.io import atomic_path\n"
+        "with atomic_path(sys.argv[1], directory=True) as tmp:\n"
+        "    (tmp / 'run.json').write_text(json.dumps({'status': 'done'}))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(item)], check=False)
+    _run_json(tmp_path / "sweep" / "paper" / "dog_s0")
+    (leftover,) = [p for p in item.parent.iterdir() if p.name.startswith(".")]
+    assert (leftover / "run.json").is_file()  # the orphan holds a finished run.json ...
+    assert find_runs(tmp_path / "sweep") == [tmp_path / "sweep" / "paper" / "dog_s0"]  # ... that is not counted
+
+    live = item.parent / f".x{leftover.name[leftover.name.index('.partial-') :].rsplit('-', 2)[0]}-{os.getpid()}-abc"
+    live.mkdir()  # an entry of a process still writing (this one) is kept
+    assert remove_orphans(tmp_path / "sweep") == [leftover]
+    assert not leftover.exists() and live.exists()
+
+
+def test_the_next_sweep_run_cleans_up_orphans(tmp_path):
+    from animatezero.runlog import prepare_run_dir
+
+    orphan = tmp_path / "sweep" / "paper" / f".cat_s0.partial-{os.uname().nodename}-{_dead_pid()}-k3j4h5g6"
+    _run_json(orphan)
+    prepare_run_dir(tmp_path / "sweep", overwrite=True)  # what experiments/sweep.py does first
+    assert not orphan.exists() and (tmp_path / "sweep" / "paper").is_dir()
+
+
+def test_make_tables_and_evaluate_count_the_same_committed_runs(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from evaluation.runs import find_runs
+
+    sweep = tmp_path / "sweep"
+    for name in ("a_s0", "b_s0", "c_s0"):
+        _run_json(sweep / "paper" / name)
+    _run_json(sweep / "paper" / ".a_s0.k3j4h5g6")  # an orphan of the old naming
+    _run_json(sweep / "paper" / "d_s0", status="running", host=os.uname().nodename, pid=_dead_pid())
+    spec = importlib.util.spec_from_file_location("make_tables", Path(__file__).parents[1] / "scripts/make_tables.py")
+    make_tables = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_tables", make_tables)  # its dataclasses look their module up
+    spec.loader.exec_module(make_tables)
+    assert len(find_runs(sweep)) == 4  # committed folders (d_s0 among them, but not done)
+    assert sorted(r.run_dir.name for r in make_tables.collect([sweep])) == ["a_s0", "b_s0", "c_s0"]
+
+
+def test_evaluate_sweep_skips_unfinished_runs_and_reports_killed_ones(tmp_path):
+    from evaluation.evaluate import evaluate_sweep
+
+    sweep = tmp_path / "sweep"
+    _run_json(sweep / "paper" / "x_s0", status="running", host=os.uname().nodename, pid=_dead_pid())
+    _run_json(sweep / "paper" / "y_s0", status="failed")
+    _run_json(sweep / "paper" / ".y_s0.partial-h-1-abc")
+    rows = evaluate_sweep(sweep, "first_frame")
+    summary = json.loads((sweep / "metrics_summary.json").read_text())
+    assert rows == [] and summary["not_done"] == {"paper/x_s0": "interrupted", "paper/y_s0": "failed"}
+
+
+# ----------------------------------------------------------------------------------- 12. run.json after a kill
+def test_running_run_json_of_a_dead_process_reads_as_interrupted(tmp_path):
+    from animatezero.runlog import read_run
+    from evaluation.runs import run_status
+
+    _run_json(tmp_path / "dead", status="running", host=os.uname().nodename, pid=_dead_pid())
+    _run_json(tmp_path / "alive", status="running", host=os.uname().nodename, pid=os.getpid())
+    assert read_run(tmp_path / "dead")["status"] == "interrupted" == run_status(read_run(tmp_path / "dead"))
+    assert read_run(tmp_path / "alive")["status"] == "running"
+
+
+def test_sigterm_marks_the_run_interrupted(tmp_path):
+    import time
+
+    from animatezero.runlog import RunRecord, Terminated
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        record = RunRecord(tmp_path, kind="generate")
+        record.write()
+        assert json.loads((tmp_path / "run.json").read_text())["pid"] == os.getpid()
+        with pytest.raises(Terminated):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the signal arrives first
+            except BaseException as e:
+                record.failed(e)
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "interrupted" and "Terminated" in run["error"]
+
+
+def test_atomic_writes_fsync_the_file_and_its_folder(tmp_path, monkeypatch):
+    import stat as stat_
+
+    from animatezero.io import write_json
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(stat_.S_ISDIR(os.fstat(fd).st_mode))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_json(tmp_path / "run.json", {"status": "done"})
+    assert False in synced and True in synced  # the file's data, then the folder entry of the rename
+
+
+# ----------------------------------------------------------------------------------- 8. disk full
+def test_disk_full_while_writing_an_output_is_a_named_error(tmp_path, monkeypatch):
+    import errno
+
+    from animatezero.io import OutputWriteError, save_image
+    from animatezero.runlog import OutputDirError
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OutputWriteError, match="No space left on device; free some disk space") as info:
+        save_image(torch.zeros(3, 8, 8), tmp_path / "image.png")
+    assert isinstance(info.value, OutputDirError)  # the CLI prints it as one line, exit status 2
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind
+
+
+# ----------------------------------------------------------------------------------- 10. output names
+@pytest.mark.parametrize(
+    "files, match",
+    [
+        ({"gif": "frames/x.gif", "frames": "frames"}, "lies inside paths.run_files.frames"),
+        ({"video": "out.mp4", "gif": "./out.mp4"}, "are the same path"),
+    ],
+)
+def test_colliding_output_names_are_refused(tmp_path, files, match):
+    from animatezero.runlog import OutputPathError, distinct_outputs
+
+    with pytest.raises(OutputPathError, match=match):
+        distinct_outputs({k: tmp_path / v for k, v in files.items()})
+    distinct_outputs({"gif": tmp_path / "frames.gif", "frames": tmp_path / "frames"})  # side by side is fine
+
+
+# ----------------------------------------------------------------------------------- 5, 12. pipeline arguments
+SIZE = 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"guidance_scale": float("inf")}, "guidance_scale must be >= 0 and finite"),
+        ({"latents": torch.full((1, 4, 8, 8), float("nan"))}, "latents contain NaN"),
+        ({"latents": torch.full((1, 4, 8, 8), float("inf"))}, "latents contain NaN"),
+        ({"seed": 1.5}, r"seed must be a whole number in 0..2\*\*64-1, got 1.5"),
+        ({"seed": True}, "seed must be a whole number"),
+        ({"seed": 2**64}, "out of range"),
+        ({"seed": -1}, "out of range"),
+    ],
+)
+def test_bad_inputs_are_refused_before_any_sampling(tiny_pipe, kwargs, match, monkeypatch):
+    monkeypatch.setattr(tiny_pipe, "_unet_forward", lambda *a, **k: pytest.fail("sampling started"))
+    with pytest.raises(ValueError, match=match):
+        tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=2, **kwargs)
+
+
+def test_largest_seed_is_accepted(tiny_pipe):
+    assert tiny_pipe.noise((1, 4, 2, 2), 2**64 - 1).shape == (1, 4, 2, 2)
+
+
+def test_non_finite_results_raise_instead_of_black_frames(tiny_pipe, monkeypatch):
+    from animatezero.pipeline import NonFiniteError
+
+    monkeypatch.setattr(tiny_pipe, "_unet_forward", lambda x, *a, **k: torch.full_like(x, float("nan")))
+    with pytest.raises(NonFiniteError, match="NaN or infinite latents"):
+        tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=2, seed=0)
+    with pytest.raises(NonFiniteError):
+        tiny_pipe.text_to_video("x", num_frames=2, height=SIZE, width=SIZE, steps=1, seed=0)
+
+
+@pytest.mark.parametrize("fps", [-5, 0, 2.5])
+def test_bad_fps_fails_before_writing(tmp_path, fps):
+    from animatezero.io import save_video
+    from animatezero.results import VideoResult
+
+    video = VideoResult(frames=torch.zeros(2, 3, 8, 8), latents=torch.zeros(1, 4, 2, 1, 1), prompt="", seed=0)
+    with pytest.raises(ValueError, match="fps must be a whole number"):
+        video.save(tmp_path / "v.gif", fps=fps)
+    with pytest.raises(ValueError, match="fps must be a whole number"):
+        save_video(video.frames, tmp_path / "v.mp4", fps=fps)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------- CLI (debug=tiny)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_cache")
+
+
+def cli_run(argv: list[str], tmp_path: Path, tiny_cache: Path, monkeypatch) -> Path:
+    """Run the ``animatezero`` console script as typed in a shell; returns the run directory."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import generate as gen
+
+    run_dir = tmp_path / "run"
+    argv = ["animatezero", "debug=tiny", f"paths.cache_dir={tiny_cache}", *argv, f"out_dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        gen.main()
+    finally:
+        GlobalHydra.instance().clear()
+    return run_dir
+
+
+@pytest.mark.parametrize("prompt", ["draw ${oc.env:SECRET_TOKEN}", "price $5 ${", "a \\${x} and ${y}"])
+def test_prompts_are_taken_as_typed(tmp_path, tiny_cache, monkeypatch, prompt):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    run_dir = cli_run(
+        [f"prompt={prompt}", "sampler.num_frames=2", "controls=animatediff"], tmp_path, tiny_cache, monkeypatch
+    )
+    text = (run_dir / "run.json").read_text()
+    run = json.loads(text)
+    assert run["status"] == "done" and run["prompt"] == prompt and run["config"]["prompt"] == prompt
+    assert "hunter2" not in text
+
+
+def test_nan_frames_make_a_failed_run_with_the_reason(tmp_path, tiny_cache, monkeypatch):
+    from animatezero.pipeline import AnimateZeroPipeline
+
+    monkeypatch.setattr(AnimateZeroPipeline, "_model", lambda self, x, t, context: torch.full_like(x, float("nan")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["prompt=x", "sampler.num_frames=2", "controls=animatediff"], tmp_path, tiny_cache, monkeypatch)
+    assert exit_info.value.code == 2
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "failed" and run["error"].startswith("NonFiniteError: sampling produced NaN")
+    assert "quick_metrics" not in run and not (tmp_path / "run" / "video.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("paths.run_files.gif=frames/x.gif", "lies inside paths.run_files.frames"),
+        ("candidates=-1", "candidates"),
+        ("extend=-1", "extend"),
+        ("seed=1.5", "seed"),
+        ("sampler.fps=-5", "fps"),
+        ("sampler.guidance_scale=inf", "guidance"),
+    ],
+)
+def test_bad_cli_values_fail_before_any_weights_are_loaded(tmp_path, tiny_cache, monkeypatch, capsys, override, match):
+    from experiments import common
+
+    monkeypatch.setattr(common, "load_pipeline", lambda *a, **k: pytest.fail("loaded weights despite a bad value"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["prompt=x", override], tmp_path, tiny_cache, monkeypatch)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and match in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------- 7. hub pins
+def test_default_hub_files_are_pinned_and_verified(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from animatezero import hub
+
+    fake = tmp_path / "downloaded.ckpt"
+    fake.write_bytes(b"not the published file")
+    seen = []
+
+    def fake_download(repo_id, filename, revision=None, **kwargs):
+        seen.append((repo_id, filename, revision))
+        return str(fake)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    for ref in (hub.DEFAULT_CHECKPOINT, hub.DEFAULT_MOTION_MODULE):
+        with pytest.raises(hub.DownloadError, match=f"expected {hub.PINS[ref].sha256}"):
+            hub.resolve(ref, cache_dir=tmp_path)
+    assert seen[0][2] == hub.PINS[hub.DEFAULT_CHECKPOINT].revision  # downloaded at the pinned commit
+    assert all(len(pin.sha256) == 64 for pin in hub.PINS.values())
+    good = hub.Pin(sha256=file_sha256(fake))
+    monkeypatch.setitem(hub.PINS, "org/repo/file.ckpt", good)
+    assert hub.resolve("org/repo/file.ckpt", cache_dir=tmp_path) == fake
