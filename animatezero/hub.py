@@ -7,32 +7,12 @@ cannot. A revision pins the download (a commit hash is best); ``sha256=`` verifi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+import socket
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = "stable-diffusion-v1-5/stable-diffusion-v1-5/v1-5-pruned-emaonly.safetensors"
 DEFAULT_MOTION_MODULE = "guoyww/animatediff/mm_sd_v15_v2.ckpt"
-
-
-@dataclass(frozen=True)
-class Pin:
-    """What a known hub file must be: its SHA-256 (always checked after download) and, where known, the repository
-    commit to download it from (None: the default branch; the SHA-256 still pins the content)."""
-
-    sha256: str
-    revision: str | None = None
-
-
-# The published SHA-256 of the default files, and the hub commit of the SD1.5 repository they are taken from. The
-# motion-module repository's commit is not recorded here (it could not be confirmed offline); its file is pinned by
-# SHA-256 alone, so a changed file is refused, not used.
-PINS: dict[str, Pin] = {
-    DEFAULT_CHECKPOINT: Pin(
-        sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
-        revision="451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
-    ),
-    DEFAULT_MOTION_MODULE: Pin(sha256="69ed0f5fef82b110aca51bcab73b21104242bc65d6ab4b8b2a2a94d31cad1bf0"),
-}
 
 
 class DownloadError(RuntimeError):
@@ -50,35 +30,158 @@ def parse_hub_reference(ref: str) -> tuple[str, str, str | None] | None:
     return "/".join(parts[:2]), "/".join(parts[2:]), revision or None
 
 
-def resolve(ref: str | os.PathLike, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+class NotCachedError(DownloadError):
+    """A hub file is not in the local Hugging Face cache (raised only with ``local_files_only``)."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def hub_reference(ref: str | os.PathLike) -> tuple[str, str, str | None] | None:
+    """``(repo_id, filename, revision)`` when ``ref`` names a hub file, None when it is a local path.
+
+    The rule, in order:
+
+    1. ``hf://org/repo/file[@revision]`` is always the hub.
+    2. Anything that exists here is local, and so is anything that looks like a path: starting with ``/``, ``.``
+       or ``~``, holding a backslash or a drive letter (``C:``), fewer than three ``/``-separated parts, or a first
+       part that exists here as a file or folder (``checkpoints/sub/model.safetensors`` with ``checkpoints/``
+       present).
+    3. The rest, ``org/repo/path/in/repo[@revision]`` with no local match, is the hub.
+
+    A local path is never sent to the hub, so a missing local file fails at once with "does not exist".
+    """
+    text = os.fspath(ref)
+    if text.startswith("hf://"):
+        parsed = parse_hub_reference(text)
+        if parsed is None:
+            raise ValueError(f"{text!r} is not a hub file: write hf://org/repo/path/to/file[@revision]")
+        return parsed
+    if (
+        text.startswith(("/", ".", "~"))
+        or "\\" in text
+        or _DRIVE.match(text)
+        or Path(text).exists()
+        or Path(text.partition("/")[0]).exists()
+    ):
+        return None
+    return parse_hub_reference(text)
+
+
+def local_file(ref: str | os.PathLike, key: str = "checkpoint") -> Path:
+    """``ref`` as an existing, readable regular file, else one-line error naming ``key`` and the fix."""
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{key}={os.fspath(ref)} does not exist. Pass an existing .safetensors/.ckpt file, or a Hugging Face hub "
+            f"file as hf://org/repo/file (e.g. hf://{DEFAULT_CHECKPOINT})"
+        )
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{key}={os.fspath(ref)} is a directory; pass the .safetensors/.ckpt file inside it "
+            f"({key}={os.fspath(ref).rstrip('/')}/<file>.safetensors)"
+        )
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise PermissionError(
+            f"{key}={os.fspath(ref)} cannot be read ({e.strerror or e}); fix its permissions or pass a readable copy"
+        ) from None
+    return path
+
+
+def offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (``HF_HUB_OFFLINE`` set, or one TCP connection to the hub endpoint, or to the
+    HTTPS proxy when one is configured, failing within ``timeout`` seconds), or None when it can. One attempt, no
+    retries: this decides in seconds whether downloading is worth trying."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    proxy = next(
+        (os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None
+    )
+    url = urlsplit(proxy or endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port} cannot be reached ({e.strerror or type(e).__name__})"
+
+
+def resolve_all(refs: dict[str, str | os.PathLike | None], **options) -> dict[str, Path]:
+    """Local files for several references at once (``{setting: reference}``; None entries are skipped).
+
+    Local paths are checked first (every problem reported together). Hub files are taken from the Hugging Face cache;
+    only when some are missing is the network checked, once (:func:`offline_reason`). Offline, one error names every
+    missing file and the overrides that pass local copies instead; online, the missing files are downloaded.
+    ``options`` go to :func:`resolve`."""
+    refs = {k: v for k, v in refs.items() if v is not None}
+    out: dict[str, Path] = {}
+    problems: list[Exception] = []
+    hub = {}
+    for key, ref in refs.items():
+        try:
+            if hub_reference(ref) is None:
+                out[key] = local_file(ref, key)
+            else:
+                hub[key] = ref
+        except (OSError, ValueError) as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise FileNotFoundError("\n".join(str(e) for e in problems))
+    missing = []
+    for key, ref in hub.items():
+        try:
+            out[key] = resolve(ref, key=key, local_files_only=True, **options)
+        except NotCachedError:
+            missing.append(key)
+    if missing:
+        reason = offline_reason()
+        if reason is not None:
+            files = "".join(f"\n  {k}={hub[k]}" for k in missing)
+            overrides = " ".join(f"{k}=/path/{Path(str(hub[k]).partition('@')[0]).name}" for k in missing)
+            raise DownloadError(
+                f"{len(missing)} weight file{'s are' if len(missing) > 1 else ' is'} not in the Hugging Face cache "
+                f"and the hub cannot be used ({reason}):{files}\nFetch them on a networked machine (python "
+                f"scripts/download_checkpoints.py) or pass local files: {overrides}"
+            )
+        for key in missing:
+            out[key] = resolve(hub[key], key=key, **options)
+    return {k: out[k] for k in refs}
+
+
+def resolve(
+    ref: str | os.PathLike, *, sha256: str | None = None, key: str = "checkpoint", local_files_only: bool = False
+) -> Path:
     """A local file path for ``ref``: the path itself if it exists, else a hub download (cached by huggingface_hub).
 
-    A downloaded file is verified against ``sha256``, or for the default references against :data:`PINS` (which also
-    give the revision to download when the reference names none). The digest is remembered per (path, size, mtime)
-    in ``cache_dir`` (default: the animatezero cache), so a 4 GB file is hashed once, not on every run."""
-    path = Path(ref).expanduser()
-    if path.exists():
-        return path
-    parsed = parse_hub_reference(str(ref)) if not str(ref).startswith(("/", ".", "~")) else None
+    Which references are local and which go to the hub: see :func:`hub_reference`. ``key`` names the setting in error
+    messages. ``local_files_only``: use the hub cache only, raising :class:`NotCachedError` when the file is not there
+    (no network access at all)."""
+    parsed = hub_reference(ref)
     if parsed is None:
-        raise FileNotFoundError(
-            f"checkpoint {str(ref)!r} does not exist. Pass a local .safetensors/.ckpt path, or a Hugging Face hub file "
-            f"as 'org/repo/file' (e.g. {DEFAULT_CHECKPOINT!r})"
-        )
+        return local_file(ref, key)
     repo_id, filename, revision = parsed
-    pin = PINS.get(f"{repo_id}/{filename}")
-    if pin is not None and revision is None:
-        revision = pin.revision
-    if sha256 is None and pin is not None and revision == pin.revision:
-        sha256 = pin.sha256
     try:
         from huggingface_hub import hf_hub_download
 
-        print(
-            f"[animatezero] fetching {filename} from the Hugging Face hub repo {repo_id} (cached after the first time)"
-        )
-        local = Path(hf_hub_download(repo_id, filename, revision=revision))
+        if not local_files_only:
+            print(
+                f"[animatezero] fetching {filename} from the Hugging Face hub repo {repo_id} "
+                "(cached after the first time)"
+            )
+        local = Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_files_only))
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
+        if local_files_only:
+            raise NotCachedError(f"{key}={ref} is not in the Hugging Face cache") from None
         raise DownloadError(
             f"could not download {filename!r} from hub repo {repo_id!r}"
             f"{f' at revision {revision}' if revision else ''}: {type(e).__name__}: {e}. "
@@ -86,10 +189,9 @@ def resolve(ref: str | os.PathLike, *, sha256: str | None = None, cache_dir: str
             "or download the file yourself and pass its local path."
         ) from e
     if sha256 is not None:
-        from animatezero.pipeline import default_cache_dir
-        from animatezero.runlog import checkpoint_sha256
+        from models.checkpoint import file_sha256
 
-        digest = checkpoint_sha256(local, cache_dir if cache_dir is not None else default_cache_dir(), validate=False)
+        digest = file_sha256(local)
         if digest != sha256.lower():
             raise DownloadError(f"{local} has SHA-256 {digest}, expected {sha256}: the download is corrupt or changed")
     return local

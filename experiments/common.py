@@ -18,10 +18,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from animatezero.controls import Controls
-from animatezero.hub import resolve
+from animatezero.hub import resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.results import ImageResult, VideoResult
-from animatezero.runlog import check_name, checkpoint_sha256, distinct_outputs, inside
+from animatezero.runlog import check_name, checkpoint_sha256, inside
+from experiments.cli import ConfigError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
@@ -48,7 +49,7 @@ def pick_device(spec: str) -> str:
     """``auto``: ``cuda:<job.num % GPUs>`` when CUDA is available (one GPU per multirun job), else ``cpu``."""
     if spec != "auto":
         if str(spec).startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"model.device={spec} but CUDA is not available here; use model.device=cpu or auto")
+            raise ConfigError(f"model.device={spec} but CUDA is not available here; use model.device=cpu or auto")
         return str(spec)
     if not torch.cuda.is_available():
         return "cpu"
@@ -200,23 +201,33 @@ def ensure_synthetic(cfg: DictConfig) -> None:
     )
 
 
+def checkpoint_refs(cfg: DictConfig) -> dict[str, str | None]:
+    """The weight files a config names, by the setting a user types to change each."""
+    return {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion.lora": cfg.motion.lora}
+
+
 def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
-    """Local files (downloading hub references) and their SHA-256 (cached in ``paths.cache_dir``)."""
-    refs = {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion_lora": cfg.motion.lora}
+    """Local files (hub references from the cache, downloaded when missing and online) and their SHA-256 (cached in
+    ``paths.cache_dir``). Every missing file is reported at once (:func:`animatezero.hub.resolve_all`)."""
+    refs = checkpoint_refs(cfg)
+    paths = resolve_all(refs)
     out = {}
-    for key, ref in refs.items():
-        if ref is None:
-            continue
-        path = resolve(str(ref), cache_dir=cfg.paths.cache_dir)  # verified against hub.PINS for the defaults
-        out[key] = {"ref": str(ref), "path": str(path), "sha256": checkpoint_sha256(path, cfg.paths.cache_dir)}
+    for setting, path in paths.items():
+        key = setting.replace(".", "_")  # motion.lora -> motion_lora in run.json
+        out[key] = {
+            "ref": str(refs[setting]),
+            "path": str(path),
+            "sha256": checkpoint_sha256(path, cfg.paths.cache_dir),
+        }
     if "motion_lora" in out:
         out["motion_lora"]["scale"] = float(cfg.motion.lora_scale)
     return out
 
 
 def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype: torch.dtype) -> AnimateZeroPipeline:
+    """The pipeline for a config; its own progress bars are off (the entry points draw theirs, named per step)."""
     lora = files.get("motion_lora")
-    return AnimateZeroPipeline.from_single_files(
+    pipe = AnimateZeroPipeline.from_single_files(
         files["checkpoint"]["path"],
         files["motion_module"]["path"],
         device=device,
@@ -228,6 +239,8 @@ def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype
         compile=cfg.model.compile,
         compile_cache_dir=cfg.model.get("compile_cache_dir"),
     )
+    pipe.progress = False
+    return pipe
 
 
 def fingerprint(fields: Mapping[str, Any]) -> str:
@@ -338,9 +351,8 @@ def make_video(
 
 
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
-    """The configured file names inside ``run_dir`` (each checked not to leave it, nor to collide with another)."""
-    files = {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
-    return distinct_outputs(files)
+    """The configured file names inside ``run_dir`` (each checked not to leave it)."""
+    return {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
 
 
 def write_outputs(files: Mapping[str, Path], image: ImageResult, video: VideoResult, fps: int) -> None:

@@ -16,18 +16,37 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from animatezero.runlog import WandbRun
-from evaluation.evaluate import EvalConfig, Networks, evaluate_run, evaluate_sweep
-from experiments import common
+from experiments import cli
 
 
-def evaluate(cfg: DictConfig, networks: Networks | None = None) -> dict[str, Any]:
+def evaluate(cfg: DictConfig, networks: Any = None) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir``; ``networks`` injects evaluator networks (tests use toy ones). Returns the run's
-    metrics, or the sweep's summary groups."""
+    metrics, or the sweep's summary groups. W&B is opened only once the metrics exist: a failed evaluation leaves
+    no W&B run behind."""
+    from animatezero.runlog import WandbRun
+    from evaluation.evaluate import EvalConfig, evaluate_run, evaluate_sweep
+    from experiments import common
+
     path = Path(cfg.run_dir)
     if not path.is_dir():
-        raise FileNotFoundError(f"run_dir={str(path)!r} is not a directory (give a run or a sweep directory)")
+        raise cli.ConfigError(f"run_dir={cfg.run_dir} is not a directory; give a run or a sweep directory")
+    cli.check_values(cfg)  # wandb.mode
     config = EvalConfig(**common.plain(cfg.eval))
+    if (path / "run.json").is_file():
+        if (path / "metrics.json").is_file() and not cfg.force:
+            result = json.loads((path / "metrics.json").read_text())
+            print(f"[evaluate] {path / 'metrics.json'} exists (force=true recomputes)")
+        else:
+            result = evaluate_run(path, common.plain(cfg.metrics), networks, config)
+        out = result["metrics"]
+        summary = out
+    else:
+        rows = evaluate_sweep(
+            path, common.plain(cfg.metrics), networks, config, force=cfg.force, group_by=list(cfg.group_by)
+        )
+        out = json.loads((path / "metrics_summary.json").read_text())["groups"]
+        summary = {f"{group}/{metric}": s["mean"] for group, metrics in out.items() for metric, s in metrics.items()}
+        print(f"[evaluate] {len(rows)} runs -> {path / 'metrics.csv'}")
     wandb = WandbRun.start(
         **{**common.wandb_args(cfg.wandb), "group": cfg.wandb.group or path.name},
         name=f"evaluate-{path.name}",
@@ -35,33 +54,15 @@ def evaluate(cfg: DictConfig, networks: Networks | None = None) -> dict[str, Any
         config=common.plain(cfg),
         dir=path,
     )
-    try:
-        if (path / "run.json").is_file():
-            if (path / "metrics.json").is_file() and not cfg.force:
-                result = json.loads((path / "metrics.json").read_text())
-                print(f"[evaluate] {path / 'metrics.json'} exists (force=true recomputes)")
-            else:
-                result = evaluate_run(path, common.plain(cfg.metrics), networks, config)
-            out = result["metrics"]
-            wandb.summary(out)
-        else:
-            rows = evaluate_sweep(
-                path, common.plain(cfg.metrics), networks, config, force=cfg.force, group_by=list(cfg.group_by)
-            )
-            out = json.loads((path / "metrics_summary.json").read_text())["groups"]
-            wandb.summary(
-                {f"{group}/{metric}": s["mean"] for group, metrics in out.items() for metric, s in metrics.items()}
-            )
-            print(f"[evaluate] {len(rows)} runs -> {path / 'metrics.csv'}")
-    finally:
-        wandb.finish()
+    wandb.summary(summary)
+    wandb.finish()
     print(json.dumps(out, indent=2))
     return out
 
 
 @hydra.main(config_path="pkg://configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    cli.run("python -m experiments.evaluate", evaluate, cfg)  # bad input, evaluator offline: one line, exit 2
 
 
 if __name__ == "__main__":

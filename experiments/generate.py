@@ -13,39 +13,57 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import asdict
+import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from animatezero.hub import DownloadError
-from animatezero.pipeline import new_seed
-from animatezero.runlog import OutputDirError, OutputPathError, RunRecord, WandbRun, environment, prepare_run_dir
-from experiments import common
-from models.checkpoint import CheckpointError
+from experiments import cli
 
-USER_ERRORS = (DownloadError, CheckpointError, OutputDirError, OutputPathError, FileNotFoundError, ValueError)
 TEXT_KEYS = ("prompt", "negative_prompt", "sampler.negative_prompt", "end_prompt", "end_image_prompt")
 
 
-def generate(cfg: DictConfig) -> Path:
+def check(cfg: DictConfig) -> None:
+    """Everything that can be wrong with the arguments, checked before anything is created or loaded: a command
+    that fails here leaves nothing on disk. Fixes ``out_dir`` (its timestamp is taken once)."""
+    from animatezero.hub import local_file
+
     if OmegaConf.is_missing(cfg, "prompt"):
         if cfg.image is None:
-            raise ValueError('give a prompt, e.g. animatezero prompt="a cat, blinking"')
+            raise cli.ConfigError('give a prompt, e.g. animatezero prompt="a cat, blinking" (or image=photo.png)')
         cfg.prompt = ""  # a real image with no description
-    if cfg.image is not None and not Path(cfg.image).is_file():
-        raise FileNotFoundError(f"image={cfg.image!r} does not exist")
-    if cfg.end_image is not None and not Path(cfg.end_image).is_file():
-        raise FileNotFoundError(f"end_image={cfg.end_image!r} does not exist")
-    # Everything that can be wrong with the output is checked before any weights are touched.
-    out_dir = prepare_run_dir(cfg.out_dir, overwrite=cfg.overwrite)
-    files = common.run_files(cfg, out_dir)
+    cli.apply_shortcuts(cfg)
+    cli.check_values(cfg)
+    for key in ("image", "end_image"):
+        if cfg[key] is not None:
+            local_file(cfg[key], key)
+    cfg.out_dir = str(cfg.out_dir)
+    cli.check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
+
+
+def generate(cfg: DictConfig) -> Path:
+    """Run one ``animatezero`` command; returns the run directory."""
+    from dataclasses import asdict
+
+    from animatezero.pipeline import new_seed
+    from animatezero.runlog import RunRecord, WandbRun, environment, prepare_run_dir
+    from experiments import common
+
+    check(cfg)
     label, controls = common.controls_from_group(cfg.controls)
     common.check_sampler(cfg.sampler)
     device = common.pick_device(cfg.model.device)
     dtype = common.pick_dtype(cfg.model.dtype, device)
+    files = common.run_files(cfg, cfg.out_dir)
     seed = int(cfg.seed) if cfg.seed is not None else new_seed()
+    # The weights are found (or downloaded) before the run folder exists: missing or bad weights leave nothing.
+    t = time.perf_counter()
+    with common.cpu_threads(cfg.model.cpu_threads):
+        common.ensure_synthetic(cfg)
+        checkpoints = common.resolve_checkpoints(cfg)
+    resolve_s = round(time.perf_counter() - t, 4)
+    out_dir = prepare_run_dir(cfg.out_dir, overwrite=cfg.overwrite)
     config = common.plain(cfg)
 
     record = RunRecord(
@@ -56,11 +74,13 @@ def generate(cfg: DictConfig) -> Path:
         configuration=label,
         seeds={"image": seed, "video": seed},
         controls=asdict(controls),
-        files={k: p.name for k, p in files.items()},
+        files={} if cfg.candidates else {k: p.name for k, p in files.items()},
         dtype=str(dtype).removeprefix("torch."),
         config=config,
+        checkpoints=checkpoints,
         **environment(device),
     )
+    record.data["timings"]["resolve_s"] = resolve_s
     record.write()
     wandb = WandbRun.start(
         **common.wandb_args(cfg.wandb), name=out_dir.name, job_type="generate", config=config, dir=out_dir
@@ -68,9 +88,6 @@ def generate(cfg: DictConfig) -> Path:
     try:
         with common.cpu_threads(cfg.model.cpu_threads):
             with record.timer("load"):
-                common.ensure_synthetic(cfg)
-                checkpoints = common.resolve_checkpoints(cfg)
-                record.update(checkpoints=checkpoints)
                 pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
             if cfg.candidates:
                 return write_candidates(pipe, cfg, seed, out_dir, record, wandb)
@@ -90,6 +107,8 @@ def generate(cfg: DictConfig) -> Path:
                     video, mode = common.make_video(
                         pipe, image, controls, seed, cfg.sampler, end_prompt=cfg.end_prompt, last=last
                     )
+                if cfg.loop and mode == "interpolation":
+                    mode = "loop"  # a loop is an interpolation from the image to itself
             for k in range(int(cfg.extend)):
                 with record.timer("extend"):
                     video = pipe.continue_video(
@@ -121,6 +140,8 @@ def generate(cfg: DictConfig) -> Path:
 
 def step_one(pipe, cfg: DictConfig, seed: int, record_kv: bool):
     """The image to animate (generated, or a real image inverted) and, for loops/interpolation, the last frame's."""
+    from experiments import common
+
     if cfg.image is not None:
         image = common.invert_image(pipe, cfg.image, cfg.prompt, cfg.negative_prompt, cfg.sampler)
         print(f"[animatezero] {cfg.image}: VAE reconstruction PSNR {image.info['psnr_db']:.2f} dB")
@@ -137,15 +158,18 @@ def step_one(pipe, cfg: DictConfig, seed: int, record_kv: bool):
     return image, None
 
 
-def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record: RunRecord, wandb: WandbRun) -> Path:
+def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record, wandb) -> Path:
     """Interactive generation, step 1: candidate images for consecutive seeds; animate one by rerunning with its seed
     (the same seed and settings reproduce the image exactly)."""
+    from experiments import common
+
     seeds = list(range(seed, seed + int(cfg.candidates)))
     paths = {}
     for s in seeds:
         image = common.make_image(pipe, cfg.prompt, cfg.negative_prompt, s, cfg.sampler, False)
         paths[s] = image.save(out_dir / "candidates" / f"seed_{s}.png").relative_to(out_dir).as_posix()
-    record.done(mode="candidates", candidates=paths)
+    # run.json lists only what this run wrote: the candidate images (no image.png or video)
+    record.done(mode="candidates", candidates=paths, files={f"seed_{s}": p for s, p in paths.items()})
     wandb.finish()
     print(f"[animatezero] {len(seeds)} candidates in {out_dir / 'candidates'}; animate one with seed=<its seed>")
     return out_dir
@@ -153,11 +177,7 @@ def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record: Ru
 
 @hydra.main(config_path="pkg://configs", config_name="generate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        generate(cfg)
-    except USER_ERRORS as e:  # bad input or no weights: the message says what to do; no traceback
-        print(f"animatezero: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    cli.run("animatezero", generate, cfg)  # bad input or no weights: one line on stderr, exit 2, no traceback
 
 
 def quote_text_overrides(argv: list[str]) -> list[str]:

@@ -13,23 +13,24 @@ shared by all of its configurations.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from animatezero.controls import Controls
-from animatezero.io import atomic_path, write_json
-from animatezero.runlog import RunRecord, WandbRun, environment, inside, prepare_run_dir, read_run
-from experiments import common
+from experiments import cli
 
 SAMPLER_FIELDS = ("steps", "guidance_scale", "eta", "num_frames", "height", "width")
 
 
-def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict[str, Controls], checkpoints: dict):
+def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict, checkpoints: dict):
     """``{(label, item dirname): fingerprint}`` of the items still to make. A finished item with another
     fingerprint (other checkpoint, sampler, prompt or controls) is an error unless ``overwrite``."""
+    from animatezero.runlog import inside, read_run
+    from experiments import common
+
     todo = {}
     for item in items:
         for label, controls in configurations.items():
@@ -49,7 +50,7 @@ def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict[st
                 if done.get("fingerprint") == fp:
                     continue
                 if not cfg.overwrite:
-                    raise RuntimeError(
+                    raise cli.ConfigError(
                         f"{root / label / item['dirname']} was made with other settings (checkpoint, sampler, prompt "
                         "or controls). Use another sweep_dir (or name=...), or overwrite=true to redo such items."
                     )
@@ -58,27 +59,37 @@ def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict[st
 
 
 def sweep(cfg: DictConfig) -> Path:
-    root = prepare_run_dir(cfg.sweep_dir, overwrite=True)  # a sweep directory is meant to be reused
+    """Run (or resume) the sweep; returns its directory. Every argument is checked, and the weights found, before
+    the sweep directory is touched."""
+    from animatezero.io import atomic_path, write_json
+    from animatezero.runlog import RunRecord, WandbRun, environment, inside, prepare_run_dir
+    from experiments import common
+
+    cli.apply_shortcuts(cfg)
+    cli.check_values(cfg)
     configurations = common.sweep_configurations(cfg)
     items = common.prompt_items(cfg.prompts, cfg.repeats, cfg.shard, cfg.sampler.negative_prompt)
     common.check_sampler(cfg.sampler)
     device = common.pick_device(cfg.model.device)
     dtype = common.pick_dtype(cfg.model.dtype, device)
+    root = cli.check_out_dir(cfg.sweep_dir, overwrite=True)  # a sweep directory is meant to be reused
     config = common.plain(cfg)
     config.pop("configurations")
     config["prompts"] = {"name": cfg.prompts.name}
-    for label, controls in configurations.items():
-        write_json(inside(root, f"{label}/configuration.json"), {"label": label, "controls": asdict(controls)})
 
     with common.cpu_threads(cfg.model.cpu_threads):
         common.ensure_synthetic(cfg)
         checkpoints = common.resolve_checkpoints(cfg)
         todo = plan(cfg, root, items, configurations, checkpoints)
         total = len(items) * len(configurations)
+        root = prepare_run_dir(root, overwrite=True)
+        for label, controls in configurations.items():
+            write_json(inside(root, f"{label}/configuration.json"), {"label": label, "controls": asdict(controls)})
         print(
             f"[sweep] {root}: {len(configurations)} configurations x {len(items)} prompts; {len(todo)}/{total} to run"
         )
         if not todo:
+            print(f"[sweep] summary: 0 done, {total} skipped (already done), 0 failed")
             return root
 
         env = {**environment(device), "dtype": str(dtype).removeprefix("torch."), "checkpoints": checkpoints}
@@ -86,9 +97,18 @@ def sweep(cfg: DictConfig) -> Path:
         wandb = WandbRun.start(
             **wandb_args, name=f"{cfg.name}-{common.job_num()}", job_type="sweep", config=config, dir=root
         )
-        pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
-        finished = 0
+        t0, finished, failed = time.perf_counter(), 0, 0
+
+        def summary(how: str) -> None:
+            left = len(todo) - finished - failed
+            print(
+                f"[sweep] {how}: {finished} done, {total - len(todo)} skipped (already done), {failed} failed, "
+                f"{left} not run, {time.perf_counter() - t0:.1f} s"
+                + ("; run the same command again to resume" if left or failed else "")
+            )
+
         try:
+            pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
             for item in items:
                 labels = [label for label in configurations if (label, item["dirname"]) in todo]
                 if not labels:
@@ -132,16 +152,21 @@ def sweep(cfg: DictConfig) -> Path:
                         files = common.run_files(cfg, record.run_dir)
                         wandb.log_media(name, image=files["image"], video=files["video"], caption=item["prompt"])
         except KeyboardInterrupt:
-            print(f"[sweep] interrupted after {finished} items; run the same command again to resume")
+            summary("interrupted")
+            raise
+        except BaseException:
+            failed += 1  # the item being made; items are written whole, so it left nothing behind
+            summary("stopped by an error")
             raise
         finally:
             wandb.finish()
+    summary("summary")
     return root
 
 
 @hydra.main(config_path="pkg://configs", config_name="sweep", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    sweep(cfg)
+    cli.run("python -m experiments.sweep", sweep, cfg)  # bad input: one line on stderr, exit 2
 
 
 if __name__ == "__main__":

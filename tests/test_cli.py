@@ -75,16 +75,20 @@ def test_generate_writes_image_video_frames_and_run_json(tmp_path, tiny_cache, c
 
 def test_console_script_runs_under_hydra(tmp_path, tiny_cache, monkeypatch):
     """``animatezero debug=tiny prompt=a cat, blinking`` as typed in a shell (its quotes already removed)."""
-    hydra_dir = tmp_path / "hydra_run"
+    monkeypatch.chdir(tmp_path)  # the default out_dir is relative: outputs/debug/generate/<date>/<time>
     argv = ["animatezero", "debug=tiny", "prompt=a cat, blinking (smiling)", f"paths.cache_dir={tiny_cache}"]
-    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.run.dir={hydra_dir}"])
+    monkeypatch.setattr(sys, "argv", argv)
     try:
         gen.main()
     finally:
         GlobalHydra.instance().clear()
-    run = json.loads((hydra_dir / "run.json").read_text())
+    (run_dir,) = (tmp_path / "outputs" / "debug" / "generate").glob("*/*")
+    run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "done" and run["prompt"] == "a cat, blinking (smiling)"
-    assert (hydra_dir / "video.mp4").is_file() and (hydra_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "video.mp4").is_file()
+    # Hydra itself writes nothing: no .hydra/, no log file, no second folder
+    assert not (run_dir / ".hydra").exists() and not list(tmp_path.glob("*.log")) and not list(run_dir.glob("*.log"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
 
 
 def test_quote_text_overrides():
@@ -272,7 +276,7 @@ def test_make_tiny_checkpoints_load(tmp_path):
 @pytest.mark.parametrize(
     "overrides, mode, frames",
     [
-        (["loop=true"], "interpolation", 4),
+        (["loop=true"], "loop", 4),
         (["end_image_prompt=a blue bird", "end_seed=5"], "interpolation", 4),
         (["end_prompt=a cat, smiling"], "animatezero", 4),
         (["extend=1"], "animatezero", 7),
@@ -300,5 +304,8 @@ def test_real_image_and_candidates_from_the_cli(tmp_path, tiny_cache):
     assert run["mode"] == "candidates" and sorted(run["candidates"]) == ["10", "11"]
     assert sorted(p.name for p in (cands / "candidates").iterdir()) == ["seed_10.png", "seed_11.png"]
     assert not (cands / "video.mp4").exists()
+    # run.json lists only files this run wrote
+    assert sorted(run["files"].values()) == ["candidates/seed_10.png", "candidates/seed_11.png"]
+    assert all((cands / f).is_file() for f in run["files"].values())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         gen.generate(tiny_cfg(tiny_cache, f"image={tmp_path / 'nope.png'}", f"out_dir={tmp_path / 'x'}"))

@@ -43,6 +43,7 @@ def test_cuda_graphs_refused_with_offload(micro_parts, tmp_path):
     AnimateZeroPipeline(*micro_parts, offload=True, compile={"backend": "eager"}, compile_cache_dir=tmp_path)
 
 
+@pytest.mark.slow  # Dynamo/Inductor compilation: minutes on a small CPU; .ci/run runs it (pytest -m slow)
 def test_compiled_unet_traced_once_per_shape_and_controls(micro_parts, tmp_path):
     graphs = []
 
@@ -90,6 +91,7 @@ print(json.dumps(dict(counters["inductor"])))
 """
 
 
+@pytest.mark.slow  # Dynamo/Inductor compilation: minutes on a small CPU; .ci/run runs it (pytest -m slow)
 @pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="Inductor on CPU needs a C++ compiler"
 )

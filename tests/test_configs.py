@@ -215,13 +215,34 @@ def test_debug_tiny(root):
     assert cfg.wandb.mode == "disabled" and cfg.paths.output_root == "outputs/debug"
 
 
-def test_hydra_run_and_sweep_dirs():
-    cfg = compose_cfg("generate", ["prompt=x"], hydra_config=True)
+@pytest.mark.parametrize("root", ROOTS)
+def test_hydra_writes_nothing_for_a_single_run(root):
+    """No timestamped Hydra folder, no .hydra/, no log file: the entry points make their own output folder after
+    checking every value (so a failed argument leaves nothing on disk)."""
+    cfg = compose_cfg(root, ["prompt=x"] if root == "generate" else [], hydra_config=True)
     hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
-    assert hydra["run"]["dir"].startswith("${paths.output_root}/${hydra.job.name}/${now:")
+    assert hydra["run"]["dir"] == "." and hydra["output_subdir"] is None
+    assert "file" not in hydra["job_logging"]["handlers"]
     assert hydra["sweep"]["dir"].startswith("${paths.multirun_root}/${hydra.job.name}/${now:")
     assert hydra["job"]["chdir"] is False
     assert cfg.paths.output_root == "outputs" and cfg.paths.multirun_root == "multirun"
+    if root == "generate":
+        assert hydra["help"]["app_name"] == "animatezero"
+        assert OmegaConf.to_container(cfg, resolve=False)["out_dir"].startswith("${paths.output_root}/generate/${now:")
+
+
+@pytest.mark.parametrize("root", ["generate", "sweep"])
+def test_top_level_shortcuts_follow_and_set_the_sampler(root):
+    from experiments.cli import apply_shortcuts
+
+    base = ["prompt=x"] if root == "generate" else []
+    cfg = compose_cfg(root, base)
+    assert (cfg.steps, cfg.frames, cfg.guidance, cfg.size) == (25, 16, 7.5, None)  # follow sampler.* by default
+    cfg = compose_cfg(root, [*base, "steps=10", "frames=8", "guidance=5", "size=768x512"])
+    apply_shortcuts(cfg)
+    s = cfg.sampler
+    assert (s.steps, s.num_frames, s.guidance_scale, s.width, s.height) == (10, 8, 5, 768, 512)
+    assert cfg.steps == 10
 
 
 @pytest.mark.skipif(launcher_plugin_missing(), reason="hydra-submitit-launcher is not installed")

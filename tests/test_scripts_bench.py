@@ -108,6 +108,7 @@ def test_benchmark_defaults_follow_device():
     assert (full.height, full.width, full.frames, full.steps) == (512, 512, 16, 25)
 
 
+@pytest.mark.slow  # Dynamo tracing of the UNet; .ci/run runs it (pytest -m slow)
 def test_benchmark_compile_reports_cold_and_cached_first_runs(micro_parts, one_thread):
     """The --compile path: first run on an empty cache and first run of a new compiled pipeline after a Dynamo reset,
     reported apart from the timed runs. Dynamo's tracing only (backend "eager"): Inductor's C++ build of a whole UNet

@@ -169,7 +169,7 @@ def test_sweep_evaluate_tables_and_resume(tmp_path, tiny_cache, calls):
 
     # 6. Other settings in the same sweep directory are an error, not a silent mix (checked before loading).
     loads = calls["load_pipeline"]
-    with pytest.raises(RuntimeError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings"):  # a ConfigError: one line, exit 2
         sw.sweep(sweep_cfg(tiny_cache, root, CONFIGURATIONS, "sampler.steps=1"))
     assert calls["load_pipeline"] == loads
 

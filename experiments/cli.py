@@ -1,0 +1,185 @@
+"""What the command-line entry points share before any heavy import (no torch here, so ``--help`` and ``--cfg job``
+stay fast): the one check of the values a user types, the top-level shortcuts, an output-folder check that creates
+nothing, and the handler that turns a user error into one line on stderr and exit status 2.
+
+Every value error names the key as typed and the fix, e.g.
+``animatezero: error: seed=abc is not a whole number; use an integer from 0 to 2**64-1, e.g. seed=7``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+MAX_STEPS = 1000  # the DDIM schedule has 1000 training timesteps
+
+# top-level shortcut -> the sampler key it sets ("size" sets both height and width)
+SHORTCUTS = {"steps": "sampler.steps", "frames": "sampler.num_frames", "guidance": "sampler.guidance_scale"}
+
+
+class ConfigError(ValueError):
+    """A bad value on the command line; the message names the key and the fix."""
+
+
+# ------------------------------------------------------------------------------------------------- values
+def _int(key: str, value: Any, low: int, high: int | None, hint: str) -> int:
+    """``value`` as an int in ``[low, high]``; strings of digits are accepted, floats, bools and words are not."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value)
+    top = f"{high}" if high is not None and high != MAX_SEED else "2**64-1" if high == MAX_SEED else None
+    span = f"from {low} to {top}" if top else f"of at least {low}"
+    if number is None:
+        raise ConfigError(f"{key}={value} is not a whole number; use an integer {span}, e.g. {hint}")
+    if number < low or (high is not None and number > high):
+        raise ConfigError(f"{key}={value} is out of range; use an integer {span}, e.g. {hint}")
+    return number
+
+
+def _number(key: str, value: Any, low: float, hint: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < low:
+        raise ConfigError(f"{key}={value} must be a number of at least {low:g}; e.g. {hint}")
+    return number
+
+
+def parse_size(value: Any) -> tuple[int, int]:
+    """``size=512`` (square) or ``size=768x512`` (width x height) -> ``(height, width)``."""
+    text = str(value).lower().replace(" ", "")
+    parts = text.split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"size={value} is not a size; use size=512 (square) or size=768x512 (width x height)")
+    width, height = int(parts[0]), int(parts[-1])
+    return height, width
+
+
+def check_size_value(key: str, pixels: Any) -> int:
+    """A height or width: a positive multiple of 64 (the VAE divides by 8, the UNet by 8 more)."""
+    n = _int(key, pixels, 64, 4096, f"{key.split('.')[-1]}=512")
+    if n % 64:
+        raise ConfigError(
+            f"{key}={pixels} must be a multiple of 64 (e.g. {(n // 64) * 64 or 64} or {(n // 64 + 1) * 64})"
+        )
+    return n
+
+
+def apply_shortcuts(cfg: DictConfig) -> None:
+    """Copy the top-level shortcuts onto the sampler keys they stand for (``steps`` -> ``sampler.steps``,
+    ``frames`` -> ``sampler.num_frames``, ``guidance`` -> ``sampler.guidance_scale``, ``size`` -> ``sampler.height``
+    and ``sampler.width``), so run.json shows one value for each. By default a shortcut follows its sampler key;
+    given on the command line, it wins over the sampler key."""
+    for key, target in SHORTCUTS.items():
+        if key in cfg:
+            OmegaConf.update(cfg, target, cfg[key], merge=False)
+    if cfg.get("size") is not None:
+        height, width = parse_size(cfg.size)
+        cfg.sampler.height, cfg.sampler.width = height, width
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Every numeric value the entry points read, checked once, before anything is created or loaded. Each error
+    names the key (the top-level shortcut where there is one) and the fix."""
+    for key in ("seed", "end_seed", "sampler.seed"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _int(key, value, 0, MAX_SEED, f"{key}=7 (or {key}=null for a random seed)")
+    for key, hint in (("candidates", "candidates=4 (0: off)"), ("extend", "extend=1 (0: off)")):
+        if key in cfg:
+            _int(key, cfg[key], 0, None, hint)
+    short = {v: k for k, v in SHORTCUTS.items()}
+    if "sampler" in cfg:
+        name = lambda k: short.get(k, k)  # noqa: E731 - the key the user most likely typed
+        _int(name("sampler.steps"), cfg.sampler.steps, 1, MAX_STEPS, "steps=25")
+        _int(name("sampler.num_frames"), cfg.sampler.num_frames, 1, None, "frames=16")
+        _number(name("sampler.guidance_scale"), cfg.sampler.guidance_scale, 0.0, "guidance=7.5")
+        _int("sampler.fps", cfg.sampler.fps, 1, 240, "sampler.fps=8")
+        size = "size" if cfg.get("size") is not None else None
+        check_size_value(size or "sampler.height", cfg.sampler.height)
+        check_size_value(size or "sampler.width", cfg.sampler.width)
+    mode = OmegaConf.select(cfg, "wandb.mode", default=None)
+    if mode is not None and mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"wandb.mode={mode} is not a W&B mode; use offline, online or disabled")
+    if "repeats" in cfg:
+        _int("repeats", cfg.repeats, 1, None, "repeats=2")
+
+
+# ------------------------------------------------------------------------------------------------- output folder
+def check_out_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Prove that ``path`` can become a run directory without creating anything: an existing folder must be writable
+    and hold no run (unless ``overwrite``); otherwise its nearest existing parent must be a writable folder."""
+    from animatezero.runlog import RUN_JSON, OutputDirError
+
+    path = Path(path).expanduser()
+    fix = "Choose a writable one, e.g. out_dir=outputs/my_run (or paths.output_root=... for every run)."
+    if path.exists():
+        if not path.is_dir():
+            raise OutputDirError(f"cannot write to the output directory {str(path)!r}: it is a file. {fix}")
+        if not overwrite and (path / RUN_JSON).exists():
+            raise OutputDirError(
+                f"{str(path)!r} already holds a run ({RUN_JSON}); choose a fresh out_dir or pass overwrite=true"
+            )
+        probe = path
+    else:
+        probe = path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise OutputDirError(
+                f"cannot write to the output directory {str(path)!r}: {str(probe)!r} is a file, not a folder. {fix}"
+            )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputDirError(f"cannot write to the output directory {str(path)!r}: {str(probe)!r} is read-only. {fix}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- errors
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input or missing weights (their message says what to do), not a bug."""
+    from animatezero.hub import DownloadError
+    from animatezero.runlog import OutputDirError, OutputPathError
+
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        DownloadError,
+        OutputDirError,
+        OutputPathError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        ValueError,
+    ]
+    for module, name in (("models.checkpoint", "CheckpointError"), ("evaluation.extractors", "EvaluatorUnavailable")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+@contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """Turn a user error into ``<prog>: error: <message>`` on stderr and exit status 2 (no traceback)."""
+    try:
+        yield
+    except user_errors() as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(prog: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    with one_line_errors(prog):
+        return fn(cfg)
