@@ -1,0 +1,422 @@
+"""Train the toy-world model: SD1.5 + AnimateDiff at a small width, in the original file formats, on CPU.
+
+AnimateDiff's recipe, on the procedural world of :mod:`evaluation.toyworld`:
+
+1. ``vae``: the SD1.5 VAE architecture (``ch`` 32, mult 1,2,2,2: 64x64 RGB <-> 8x8x4) as an autoencoder (L1 + MSE
+   + a small KL), then rescaled so its latents times SD's 0.18215 have unit variance.
+2. ``unet``: the SD1.5 UNet (``model_channels`` 32, mult 1,2,2,2, attention at levels 0-2, 8 heads) and a CLIP text
+   encoder of the real architecture (width 32, 2 layers, the real 49,408-token vocabulary and tokenizer), trained
+   together on single frames (text-to-image; eps prediction on AnimateDiff's linear-beta schedule, 10% empty
+   captions for classifier-free guidance, EMA weights).
+3. ``motion``: an AnimateDiff motion module in the v2 layout (with the mid-block module; ``proj_out`` zero-initialised
+   as in AnimateDiff) trained on 16-frame clips with the spatial UNet and the text encoder frozen.
+4. ``export``: an LDM single file (``model.diffusion_model.*``, ``first_stage_model.*``,
+   ``cond_stage_model.transformer.text_model.*``) and a motion module (``down_blocks.*``) as fp16 safetensors, with
+   their SHA-256, into ``animatezero/assets/toyworld/``.
+
+Every stage is seeded and resumable: it saves its state every ``--save-every`` steps and at the end, and a rerun
+continues where it stopped (a finished stage is skipped). ``--wandb`` logs to Weights & Biases (offline unless
+``WANDB_MODE`` says otherwise).
+
+    python scripts/train_toyworld.py                       # all stages, defaults (about 1.5 h on 2 CPU cores)
+    python scripts/train_toyworld.py --stage motion        # one stage (needs the earlier ones)
+    python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluation.toyworld import EVAL_SEED_BASE, FRAMES, clip_times, render_batch, sample_scene  # noqa: E402
+from models.clip_text import CLIPTextModel  # noqa: E402
+from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig  # noqa: E402
+from models.ddim import DDIMSchedule  # noqa: E402
+from models.motion_module import MotionModules  # noqa: E402
+from models.synthetic import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, save_state_dict  # noqa: E402
+from models.tokenizer import CLIPTokenizer  # noqa: E402
+from models.unet import UNetModel  # noqa: E402
+from models.vae import LATENT_SCALE, AutoencoderKL  # noqa: E402
+
+UNET = UNetConfig(model_channels=32, channel_mult=(1, 2, 2, 2), context_dim=32)
+VAE = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+CLIP = CLIPTextConfig(width=32, layers=2, heads=1, mlp_dim=128)
+MOTION = MotionConfig.for_version(2, UNET.block_channels)
+ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
+CHECKPOINT_NAME = "toyworld_sd15.safetensors"
+MOTION_NAME = "mm_toyworld_v2.safetensors"
+STAGES = ("vae", "unet", "motion")
+DEFAULT_STEPS = {"vae": 600, "unet": 3000, "motion": 2000}
+DEFAULT_BATCH = {"vae": 12, "unet": 32, "motion": 2}
+POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents  # frames, frames, clips
+DEFAULT_LR = {"vae": 1e-3, "unet": 5e-4, "motion": 5e-4}
+CAPTION_DROPOUT = 0.1
+EMA_DECAY = 0.998
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def frame_batch(rng: random.Random, n: int) -> tuple[list[str], Tensor]:
+    """``n`` random single frames of random clips (captions, ``[n, 3, 64, 64]`` in [-1, 1])."""
+    scenes = [sample_scene(rng.randrange(EVAL_SEED_BASE)) for _ in range(n)]
+    frames = render_batch(scenes, [rng.random() for _ in range(n)])  # [n, 3, 64, 64]
+    return [s.caption for s in scenes], frames * 2 - 1
+
+
+def clip_batch(rng: random.Random, n: int) -> tuple[list[str], Tensor]:
+    """``n`` random clips (captions, ``[n, 16, 3, 64, 64]`` in [-1, 1])."""
+    scenes = [sample_scene(rng.randrange(EVAL_SEED_BASE)) for _ in range(n)]
+    clips = render_batch([s for s in scenes for _ in range(FRAMES)], clip_times(FRAMES) * n)  # [n * f, 3, 64, 64]
+    return [s.caption for s in scenes], clips.unflatten(0, (n, FRAMES)) * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------------- stage state
+class Stage:
+    """One resumable training stage: modules, optimizer, step counter and RNG, saved atomically to ``<out>/<name>.pt``."""
+
+    def __init__(self, name: str, out: Path, modules: dict[str, nn.Module], params, lr: float, seed: int):
+        self.name, self.path = name, out / f"{name}.pt"
+        self.modules = modules
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+        self.step, self.seconds = 0, 0.0
+        self.rng = random.Random(seed)
+        torch.manual_seed(seed)
+        if self.path.exists():
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            for k, m in modules.items():
+                m.load_state_dict(state["modules"][k])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.seconds = state["step"], state["seconds"]
+            self.rng.setstate(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+            print(f"[{name}] resumed at step {self.step} ({self.seconds / 60:.1f} min so far)")
+
+    def save(self) -> None:
+        state = {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+            "seconds": self.seconds,
+            "rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def done_marker(self) -> Path:
+        return self.path.with_suffix(".done")
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def run_stage(stage: Stage, total: int, base_lr: float, loss_fn, save_every: int, log, ema=None) -> None:
+    from tqdm import tqdm
+
+    for m in stage.modules.values():
+        m.train()
+    bar = tqdm(total=total, initial=stage.step, desc=stage.name, dynamic_ncols=True)
+    while stage.step < total:
+        t0 = time.perf_counter()
+        for group in stage.opt.param_groups:
+            group["lr"] = lr_at(stage.step, total, base_lr)
+        loss, extra = loss_fn(stage.rng)
+        stage.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in stage.opt.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        stage.opt.step()
+        if ema is not None:
+            ema.update()
+        stage.step += 1
+        stage.seconds += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3g}" for k, v in extra.items()})
+        if stage.step % 50 == 0 or stage.step == total:
+            log(
+                {
+                    f"{stage.name}/loss": loss.item(),
+                    f"{stage.name}/grad_norm": float(grad_norm),
+                    **{f"{stage.name}/{k}": v for k, v in extra.items()},
+                },
+                step=stage.step,
+            )
+        if stage.step % save_every == 0 or stage.step == total:
+            stage.save()
+    bar.close()
+    stage.done_marker().write_text(json.dumps({"steps": stage.step, "minutes": stage.seconds / 60}))
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a module's parameters (the weights that are exported)."""
+
+    def __init__(self, module: nn.Module, decay: float = EMA_DECAY):
+        super().__init__()
+        self.module, self.decay = module, decay
+        self.shadow = copy.deepcopy(module).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow.parameters(), self.module.parameters()):
+            s.lerp_(p.detach(), 1 - self.decay)
+
+    def state_dict(self, *args, **kwargs):
+        return self.shadow.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, sd, *args, **kwargs):
+        return self.shadow.load_state_dict(sd, *args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+def train_vae(out: Path, args, log) -> AutoencoderKL:
+    vae = AutoencoderKL(VAE)
+    stage = Stage("vae", out, {"vae": vae}, vae.parameters(), DEFAULT_LR["vae"], args.seed)
+
+    def loss_fn(rng):
+        _, x = frame_batch(rng, args.batch_vae)  # [b, 3, 64, 64]
+        i, j = rng.randrange(0, 33, 8), rng.randrange(0, 33, 8)  # convolutions are shift-equivariant: train on
+        x = x[:, :, i : i + 32, j : j + 32]  # 32x32 crops (4x cheaper), aligned to the latent grid
+        mean, logvar = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)  # [b, 4, 8, 8] each
+        z = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * torch.randn_like(mean)
+        rec = vae.decoder(vae.post_quant_conv(z))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        l1, mse = (rec - x).abs().mean(), (rec - x).pow(2).mean()
+        psnr = 10 * math.log10(4 / max(mse.item(), 1e-10))
+        return l1 + mse + 1e-4 * kl, {"psnr": psnr, "kl": kl.item()}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, args.steps_vae, DEFAULT_LR["vae"], loss_fn, args.save_every, log)
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def normalize_latents(vae: AutoencoderKL, n: int = 512) -> float:
+    """Rescale the latent space exactly (quant_conv's mean rows x s, post_quant_conv's input columns / s, logvar + 2
+    log s) so that ``LATENT_SCALE * mean`` has unit standard deviation, as SD's pipelines assume. Returns s."""
+    rng = random.Random(1234)
+    _, x = frame_batch(rng, n)
+    mean = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0]
+    s = 1.0 / (LATENT_SCALE * mean.std().item())
+    z = VAE.z_channels
+    vae.quant_conv.weight[:z] *= s
+    vae.quant_conv.bias[:z] *= s
+    vae.quant_conv.bias[z:] += 2 * math.log(s)
+    vae.post_quant_conv.weight /= s
+    return s
+
+
+@torch.no_grad()
+def latent_pool(out: Path, vae: AutoencoderKL, n_clips: int, seed: int, chunk: int = 25) -> tuple[list[str], Tensor]:
+    """Encode ``n_clips`` random clips once (the VAE is the costly part on a CPU): captions and latents
+    ``[n, 4, 16, 8, 8]``. Built in chunks and saved after each, so an interrupted build resumes."""
+    from tqdm import tqdm
+
+    path = out / "latents.pt"
+    state = torch.load(path, weights_only=False) if path.exists() else {"captions": [], "latents": []}
+    rng = random.Random(seed + 10)
+    bar = tqdm(total=n_clips, initial=len(state["captions"]), desc="latents", dynamic_ncols=True)
+    while len(state["captions"]) < n_clips:
+        rng.seed(seed * 1_000_003 + len(state["captions"]))
+        caps, clips = clip_batch(rng, min(chunk, n_clips - len(state["captions"])))  # [b, f, 3, 64, 64]
+        b, f = clips.shape[:2]
+        z = vae.encode(clips.flatten(0, 1)).unflatten(0, (b, f)).transpose(1, 2)  # [b, 4, f, 8, 8]
+        state["captions"] += caps
+        state["latents"].append(z.clone())
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        bar.update(b)
+    bar.close()
+    return state["captions"], torch.cat(state["latents"])
+
+
+def noisy(x0: Tensor, alphas: Tensor, generator=None) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t, t, eps) for uniformly drawn training timesteps; ``x0`` is ``[b, ...]``."""
+    b = x0.shape[0]
+    t = torch.randint(0, alphas.numel(), (b,))
+    eps = torch.randn_like(x0)
+    a = alphas[t].view(b, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
+
+
+def drop_captions(rng: random.Random, caps: list[str]) -> list[str]:
+    return ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
+
+
+def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer) -> tuple[UNetModel, CLIPTextModel]:
+    unet, text = UNetModel(UNET), CLIPTextModel(CLIP)
+    nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=0.02)
+    ema_unet, ema_text = EMA(unet), EMA(text)
+    params = [*unet.parameters(), *text.parameters()]
+    modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
+    stage = Stage("unet", out, modules, params, DEFAULT_LR["unet"], args.seed + 1)
+    alphas = DDIMSchedule().alphas_cumprod
+
+    class Both:
+        def update(self):
+            ema_unet.update()
+            ema_text.update()
+
+    def loss_fn(rng):
+        captions, latents = pool
+        idx = [rng.randrange(len(captions)) for _ in range(args.batch_unet)]
+        frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
+        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one random frame of each drawn clip
+        caps = [captions[i] for i in idx]
+        zt, t, eps = noisy(z0, alphas)
+        ctx = text(tok(drop_captions(rng, caps)))  # [b, 77, 32]
+        loss = F.mse_loss(unet(zt, t, ctx), eps)
+        return loss, {}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, args.steps_unet, DEFAULT_LR["unet"], loss_fn, args.save_every, log, ema=Both())
+    return ema_unet.shadow.eval().requires_grad_(False), ema_text.shadow.eval().requires_grad_(False)
+
+
+def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel) -> MotionModules:
+    motion = MotionModules(MOTION)
+    for name, p in motion.named_parameters():  # AnimateDiff: proj_out starts at zero, so training starts at identity
+        if "proj_out" in name:
+            nn.init.zeros_(p)
+    ema = EMA(motion)
+    stage = Stage(
+        "motion", out, {"motion": motion, "ema": ema}, motion.parameters(), DEFAULT_LR["motion"], args.seed + 2
+    )
+    alphas = DDIMSchedule().alphas_cumprod
+    unet.requires_grad_(False)
+
+    def loss_fn(rng):
+        captions, latents = pool
+        idx = [rng.randrange(len(captions)) for _ in range(args.batch_motion)]
+        z0 = latents[torch.tensor(idx)]  # [b, 4, f, 8, 8]
+        with torch.no_grad():
+            ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
+        zt, t, eps = noisy(z0, alphas)
+        loss = F.mse_loss(unet(zt, t, ctx, motion=motion), eps)
+        return loss, {}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, args.steps_motion, DEFAULT_LR["motion"], loss_fn, args.save_every, log, ema=ema)
+    return ema.shadow.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------------ export
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(dest: Path, vae: AutoencoderKL, unet: UNetModel, text: CLIPTextModel, motion: MotionModules, meta: dict):
+    """Write the shipped files (fp16 safetensors in the original layouts) and a manifest with their SHA-256."""
+    dest.mkdir(parents=True, exist_ok=True)
+    half = {}
+    half.update({UNET_PREFIX + k: v.half() for k, v in unet.state_dict().items()})
+    half.update({VAE_PREFIX + k: v.half() for k, v in vae.state_dict().items()})
+    prefix = CLIP_PREFIX.removesuffix("text_model.")
+    half.update({prefix + k: v.half() for k, v in text.state_dict().items()})
+    save_state_dict(half, dest / CHECKPOINT_NAME)
+    save_state_dict({k: v.half() for k, v in motion.state_dict().items()}, dest / MOTION_NAME)
+    manifest = {
+        "files": {
+            n: {"sha256": sha256(dest / n), "bytes": (dest / n).stat().st_size} for n in (CHECKPOINT_NAME, MOTION_NAME)
+        },
+        **meta,
+    }
+    tmp = dest / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, dest / "manifest.json")
+    print(json.dumps(manifest["files"], indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "toyworld_train", help="training state folder")
+    ap.add_argument("--dest", type=Path, default=ASSETS, help="where the shipped files are written")
+    ap.add_argument("--stage", choices=(*STAGES, "all"), default="all")
+    ap.add_argument("--export-only", action="store_true", help="only write the shipped files from finished stages")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--pool-clips", type=int, default=POOL_CLIPS, help="clips encoded once for the UNet/motion stages")
+    ap.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless WANDB_MODE is set)")
+    for s in STAGES:
+        ap.add_argument(f"--steps-{s}", type=int, default=DEFAULT_STEPS[s])
+        ap.add_argument(f"--batch-{s}", type=int, default=DEFAULT_BATCH[s])
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    run = None
+    if args.wandb:
+        import wandb
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        run = wandb.init(
+            project="animatezero-toyworld", config=vars(args) | {"dest": str(args.dest), "out": str(args.out)}
+        )
+
+    def log(values: dict, step: int) -> None:
+        if run is not None:
+            run.log(values)
+
+    tok = CLIPTokenizer()
+    wanted = STAGES if args.stage == "all" else STAGES[: STAGES.index(args.stage) + 1]
+    vae = train_vae(args.out, args, log)
+    scale_file = args.out / "vae_scale.json"
+    if not scale_file.exists():
+        scale_file.write_text(json.dumps({"scale": normalize_latents(vae)}))
+    else:  # the saved VAE state is the unnormalised one; reapply the same exact rescaling
+        s = json.loads(scale_file.read_text())["scale"]
+        with torch.no_grad():
+            z = VAE.z_channels
+            vae.quant_conv.weight[:z] *= s
+            vae.quant_conv.bias[:z] *= s
+            vae.quant_conv.bias[z:] += 2 * math.log(s)
+            vae.post_quant_conv.weight /= s
+    if "unet" not in wanted:
+        return 0
+    pool = latent_pool(args.out, vae, args.pool_clips, args.seed)
+    unet, text = train_unet(args.out, args, log, pool, tok)
+    if "motion" not in wanted:
+        return 0
+    motion = train_motion(args.out, args, log, pool, tok, unet, text)
+    if all((args.out / f"{s}.done").exists() for s in STAGES) or args.export_only:
+        meta = {
+            "trained_by": "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "stages": {s: json.loads((args.out / f"{s}.done").read_text()) for s in STAGES},
+            "device": "cpu",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        export(args.dest, vae, unet, text, motion, meta)
+    if run is not None:
+        run.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
