@@ -6,6 +6,7 @@ motion modules under AnimateZero's controls. Plain AnimateDiff text-to-video is 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -36,11 +37,34 @@ def check_size(height: int, width: int) -> None:
             )
 
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+class NonFiniteError(ValueError):
+    """Sampling produced NaN or infinite values (damaged weights, extreme guidance or inputs): the frames would be
+    black or noise, so no result is returned."""
+
+
 def check_sampling(steps: int, guidance_scale: float) -> None:
     if not isinstance(steps, int) or steps < 1 or steps > 1000:
         raise ValueError(f"steps must be an integer in 1..1000, got {steps!r}")
-    if not guidance_scale >= 0 or guidance_scale != guidance_scale:
-        raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale!r}")
+    if isinstance(guidance_scale, bool) or not (guidance_scale >= 0 and math.isfinite(guidance_scale)):
+        raise ValueError(f"guidance_scale must be >= 0 and finite (1 = no guidance), got {guidance_scale!r}")
+
+
+def check_seed(seed: int) -> int:
+    """A seed is a whole number in 0..2**64-1 (a float such as 1.5 would be truncated silently, so it is refused)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be a whole number in 0..2**64-1, got {seed!r} ({type(seed).__name__})")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed {seed} is out of range: use a whole number in 0..2**64-1")
+    return int(seed)
+
+
+def check_finite(x: Tensor, what: str) -> None:
+    """Refuse a tensor holding NaN or infinity, naming it (inputs: ValueError; results: NonFiniteError)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{what} contain NaN or infinite values; pass finite numbers")
 
 
 def default_cache_dir() -> Path:
@@ -185,6 +209,11 @@ class AnimateZeroPipeline:
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[b, 4, h, w]`` -> images ``[b, 3, H, W]`` in [0, 1] (float32). In fp16 a non-finite result is
         retried in fp32 with a warning (the SD VAE can overflow in half precision)."""
+        if not bool(torch.isfinite(latents).all()):
+            raise NonFiniteError(
+                "sampling produced NaN or infinite latents, so every frame would be black. Usual causes: damaged "
+                "weights, an extreme guidance_scale, or reduced precision overflowing (try dtype=torch.float32)"
+            )
         with self._using(self.vae):
             images = self.vae.decode(latents.to(self.device, self.dtype), chunk_size=self.vae_chunk_size)
             if not torch.isfinite(images).all() and self.dtype != torch.float32:
@@ -194,6 +223,10 @@ class AnimateZeroPipeline:
                     images = self.vae.decode(latents.to(self.device).float(), chunk_size=self.vae_chunk_size)
                 finally:
                     self.vae.to(self.dtype)
+        if not bool(torch.isfinite(images).all()):
+            raise NonFiniteError(
+                "the VAE decoded NaN or infinite pixels from finite latents; the VAE weights are damaged"
+            )
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def _timestep(self, t: int, device: torch.device) -> Tensor:
@@ -225,11 +258,14 @@ class AnimateZeroPipeline:
         return denoise
 
     def _initial(self, latents: Tensor | None, shape: tuple[int, ...], seed: int) -> Tensor:
-        """The given initial latents (shape-checked) or noise from ``seed``."""
+        """The given initial latents (shape- and finiteness-checked) or noise from ``seed`` (a checked integer)."""
+        if seed is not None:
+            check_seed(seed)
         if latents is None:
             return self.noise(shape, seed)
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
+        check_finite(latents, "latents")
         return latents.to(self.device, self.dtype)
 
     # step 1 ----------------------------------------------------------------------------------------------------------
@@ -680,6 +716,7 @@ class AnimateZeroPipeline:
         ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
         size = (height, width) if height is not None and width is not None else None
         pixels = load_image(image, size) if not isinstance(image, Tensor) else image.float()
+        check_finite(pixels, "the image's pixels")
         pixels = fit_image(pixels, height, width)  # [3, H, W] in [0, 1]
         with self._using(self.vae):
             latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -29,16 +30,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from animatezero.io import write_json
+# OutputDirError and OutputWriteError are defined beside the atomic writers and raised from here too
+from animatezero.io import OutputDirError, OutputWriteError, pid_alive, remove_orphans, write_json  # noqa: F401
 
 RUN_JSON = "run.json"
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
-
-
-class OutputDirError(RuntimeError):
-    """The output directory cannot be used (not creatable, not writable, or already holds a run)."""
 
 
 class OutputPathError(ValueError):
@@ -50,7 +48,8 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path
     """Create ``path`` (and parents) and prove it writable by creating and deleting a file in it.
 
     Raises :class:`OutputDirError` with the reason and what to do, so a bad ``out_dir`` fails before generation.
-    A directory that already holds a ``run.json`` is refused unless ``overwrite``.
+    A directory that already holds a ``run.json`` is refused unless ``overwrite``. Temporary entries that a killed
+    earlier run left in it (or one level down: a sweep's configuration folders) are removed (:func:`remove_orphans`).
     """
     path = Path(path).expanduser()
     try:
@@ -66,6 +65,7 @@ def prepare_run_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path
         raise OutputDirError(
             f"{str(path)!r} already holds a run ({RUN_JSON}); choose a fresh out_dir or pass overwrite=true"
         )
+    remove_orphans(path, depth=1)  # what a killed earlier run (e.g. a sweep's item being committed) left half-written
     return path
 
 
@@ -89,6 +89,27 @@ def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str = "ou
     if not target.is_relative_to(root.resolve()) or target == root.resolve():
         raise OutputPathError(f"{what} {str(relative)!r} leaves the run directory {root}; use a plain file name")
     return root / rel
+
+
+def distinct_outputs(files: Mapping[str, Path], what: str = "paths.run_files") -> dict[str, Path]:
+    """Refuse output paths that collide: two keys naming the same path, or one inside another (a GIF written into
+    the frames folder would be deleted when the folder is replaced). Returns ``files``."""
+    resolved = {k: Path(os.path.normpath(p)) for k, p in files.items()}
+    keys = list(resolved)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            pa, pb = resolved[a], resolved[b]
+            if pa == pb:
+                raise OutputPathError(
+                    f"{what}.{a} and {what}.{b} are the same path {str(pa)!r}; give each its own name"
+                )
+            inner, outer = (a, b) if pa.is_relative_to(pb) else (b, a) if pb.is_relative_to(pa) else (None, None)
+            if inner is not None:
+                raise OutputPathError(
+                    f"{what}.{inner}={str(resolved[inner])!r} lies inside {what}.{outer}={str(resolved[outer])!r}, "
+                    f"which is replaced as a whole when written; put them side by side"
+                )
+    return dict(files)
 
 
 # ------------------------------------------------------------------------------------------------- provenance
@@ -204,8 +225,11 @@ class RunRecord:
             "timings": {},
             "started": now_iso(),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),  # with host: a "running" run.json whose process is gone reads as interrupted
         }
         self._t0 = time.perf_counter()
+        interrupt_on_sigterm()
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -240,12 +264,45 @@ class RunRecord:
         return self._close(status, run_dir, error=f"{type(error).__name__}: {error}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: unwinds like Ctrl-C, so the run is recorded as ``interrupted`` and temporary files go."""
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a scheduler's stop) raise :class:`Terminated` in the main thread, where the default
+    would end the process on the spot and leave run.json saying ``running``. Only replaces the default handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_status(run: Mapping[str, Any]) -> str:
+    """A run.json's status as it stands: ``running`` whose process (same host, recorded ``pid``) is gone means the
+    run was killed before it could say so, and reads as ``interrupted``."""
+    status = str(run.get("status", "done"))
+    if status == "running" and run.get("host") == socket.gethostname() and isinstance(run.get("pid"), int):
+        if not pid_alive(run["pid"]):
+            return "interrupted"
+    return status
+
+
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run.json of ``run_dir``, or None when it is missing or unreadable (a half-finished item)."""
+    """The run.json of ``run_dir`` with its status as it stands (:func:`run_status`), or None when it is missing or
+    unreadable (a half-finished item)."""
     try:
-        return json.loads((Path(run_dir) / RUN_JSON).read_text())
+        run = json.loads((Path(run_dir) / RUN_JSON).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(run, dict):
+        return None
+    run["status"] = run_status(run)
+    return run
 
 
 # ------------------------------------------------------------------------------------------------- W&B

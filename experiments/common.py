@@ -21,7 +21,7 @@ from animatezero.controls import Controls
 from animatezero.hub import resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.results import ImageResult, VideoResult
-from animatezero.runlog import check_name, checkpoint_sha256, inside
+from animatezero.runlog import check_name, checkpoint_sha256, distinct_outputs, inside
 from experiments.cli import ConfigError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -210,7 +210,7 @@ def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
     """Local files (hub references from the cache, downloaded when missing and online) and their SHA-256 (cached in
     ``paths.cache_dir``). Every missing file is reported at once (:func:`animatezero.hub.resolve_all`)."""
     refs = checkpoint_refs(cfg)
-    paths = resolve_all(refs)
+    paths = resolve_all(refs, cache_dir=cfg.paths.cache_dir)  # verified against hub.PINS for the defaults
     out = {}
     for setting, path in paths.items():
         key = setting.replace(".", "_")  # motion.lora -> motion_lora in run.json
@@ -351,8 +351,9 @@ def make_video(
 
 
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
-    """The configured file names inside ``run_dir`` (each checked not to leave it)."""
-    return {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
+    """The configured file names inside ``run_dir`` (each checked not to leave it, nor to collide with another)."""
+    files = {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
+    return distinct_outputs(files)
 
 
 def write_outputs(files: Mapping[str, Path], image: ImageResult, video: VideoResult, fps: int) -> None:
