@@ -539,6 +539,11 @@ def test_nan_frames_make_a_failed_run_with_the_reason(tmp_path, tiny_cache, monk
     "override, match",
     [
         ("paths.run_files.gif=frames/x.gif", "lies inside paths.run_files.frames"),
+        ("candidates=-1", "candidates"),
+        ("extend=-1", "extend"),
+        ("seed=1.5", "seed"),
+        ("sampler.fps=-5", "fps"),
+        ("sampler.guidance_scale=inf", "guidance"),
     ],
 )
 def test_bad_cli_values_fail_before_any_weights_are_loaded(tmp_path, tiny_cache, monkeypatch, capsys, override, match):
