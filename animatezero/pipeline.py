@@ -178,16 +178,18 @@ class AnimateZeroPipeline:
     ) -> AnimateZeroPipeline:
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
         references ``org/repo/file`` (downloaded on first use)."""
-        from animatezero.hub import resolve
+        from animatezero.hub import resolve_all
         from models.checkpoint import load_motion_lora, load_motion_module, load_sd15
         from models.tokenizer import CLIPTokenizer
 
-        unet, vae, text_encoder = load_sd15(resolve(checkpoint), device=device, dtype=dtype)
+        # every file found first (offline: one error naming all that are missing), then loaded
+        files = resolve_all({"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora})
+        unet, vae, text_encoder = load_sd15(files["checkpoint"], device=device, dtype=dtype)
         motion = None
         if motion_module is not None:
-            motion = load_motion_module(resolve(motion_module), unet_config=unet.config, device=device, dtype=dtype)
+            motion = load_motion_module(files["motion_module"], unet_config=unet.config, device=device, dtype=dtype)
             if motion_lora is not None:
-                load_motion_lora(resolve(motion_lora), motion, alpha=motion_lora_scale)
+                load_motion_lora(files["motion_lora"], motion, alpha=motion_lora_scale)
         elif motion_lora is not None:
             raise ValueError("a motion LoRA needs a motion module: pass motion_module= as well")
         return cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
