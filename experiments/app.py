@@ -756,7 +756,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "(e.g. debug=tiny, checkpoint=... motion_module=...). Without a model choice: the toy-world model.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: any free port)")
+    parser.add_argument(
+        "--port", type=int, default=7860, help="port (default 7860; 0: the first free one from 7860 up)"
+    )
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
@@ -797,7 +799,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"animatezero-app: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    print(f"[animatezero-app] {model.name}; http://{args.host}:{args.port}", flush=True)
+    print(f"[animatezero-app] {model.name}", flush=True)
     launch(Session(model), args.host, args.port)
 
 

@@ -139,3 +139,16 @@ def test_animate_starts_from_the_picked_candidate_and_writes_a_run(session):
     assert loop.mode == "loop" and loop.seed == 1
     with pytest.raises(app.AppInputError, match="end prompt steers a plain animation only"):
         session.animate(images[0], Controls.paper(), 4, -1, end_prompt="a dog", mode="loop")
+
+
+def test_real_image_inverted_then_interpolated_to_a_second_upload(session, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.fromarray(np.linspace(0, 255, 80 * 96 * 3).reshape(80, 96, 3).astype(np.uint8)).save(a)
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(b)
+    real = session.invert(str(a), "a gradient", "", 2, 7.5, 64, 64)
+    assert real.height == real.width == 64 and real.info["psnr_db"] > 0
+    clip = session.animate(real, Controls.paper(), 4, 9, mode="interpolate to a second image", end_upload=str(b))
+    assert clip.mode == "interpolate" and clip.seed == 9 and clip.video.num_frames == 4
+    assert clip.video.info["frame0_psnr_db"] > 40 and clip.video.info["frame3_psnr_db"] > 40  # both ends exact
+    with pytest.raises(app.AppInputError, match="no second image uploaded"):
+        session.animate(real, Controls.paper(), 4, 9, mode="interpolate to a second image")
