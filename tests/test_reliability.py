@@ -112,7 +112,7 @@ def test_hub_references(tmp_path, monkeypatch):
     fetched.write_bytes(b"weights")
     seen = {}
 
-    def fake_download(repo_id, filename, revision=None):
+    def fake_download(repo_id, filename, revision=None, **kwargs):
         seen.update(repo_id=repo_id, filename=filename, revision=revision)
         return str(fetched)
 
