@@ -73,6 +73,7 @@ def sweep(cfg: DictConfig) -> Path:
     device = common.pick_device(cfg.model.device)
     dtype = common.pick_dtype(cfg.model.dtype, device)
     root = cli.check_out_dir(cfg.sweep_dir, overwrite=True)  # a sweep directory is meant to be reused
+    common.run_files(cfg, root / "item")  # output names (inside the item, distinct) checked before any work
     config = common.plain(cfg)
     config.pop("configurations")
     config["prompts"] = {"name": cfg.prompts.name}
