@@ -58,9 +58,18 @@ class AppInputError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------- model
+def toyworld_files() -> list[Path] | None:
+    """The toy-world model's weight files (``model=toyworld``) when the package ships its config, else None."""
+    if not resources.files("configs").joinpath("model", "toyworld.yaml").is_file():
+        return None
+    cfg = _compose(["model=toyworld"])
+    return [Path(str(cfg.model.checkpoint)), Path(str(cfg.motion.checkpoint))]
+
+
 def toyworld_available() -> bool:
-    """Whether the package ships the toy-world model config (``model=toyworld``)."""
-    return resources.files("configs").joinpath("model", "toyworld.yaml").is_file()
+    """Whether the toy-world model is installed: its config and its weight files."""
+    files = toyworld_files()
+    return files is not None and all(f.is_file() for f in files)
 
 
 def model_overrides(overrides: list[str]) -> list[str]:
@@ -69,23 +78,29 @@ def model_overrides(overrides: list[str]) -> list[str]:
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     if keys & set(MODEL_KEYS):
         return list(overrides)
-    if toyworld_available():
+    files = toyworld_files()
+    if files is not None and all(f.is_file() for f in files):
         return ["model=toyworld", *overrides]
+    missing = "" if files is None else f" (missing: {', '.join(str(f) for f in files if not f.is_file())})"
     raise AppInputError(
-        "no model given and the toy-world model is not installed in this package: pass weights, e.g. "
+        f"no model given and the toy-world model is not installed in this package{missing}: pass weights, e.g. "
         "animatezero-app checkpoint=v1-5-pruned-emaonly.safetensors motion_module=mm_sd_v15_v2.ckpt, "
         "or try the plumbing with animatezero-app debug=tiny (random weights)"
     )
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """configs/generate.yaml with the overrides (Hydra's compose API; no run directory is made)."""
+def _compose(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="configs", version_base="1.3"):
-        cfg = compose("generate", overrides=model_overrides(overrides))
+        return compose("generate", overrides=list(overrides))
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """configs/generate.yaml with the overrides (Hydra's compose API; no run directory is made)."""
+    cfg = _compose(model_overrides(overrides))
     cfg.prompt = ""  # the page supplies prompts
     cfg.out_dir = None  # the page makes one run directory per animation
     return cfg

@@ -5,6 +5,7 @@ import json
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,10 +36,13 @@ def png_header_only(path, width, height):
 def test_model_choice_defaults_to_the_toy_world_or_says_how_to_choose(monkeypatch):
     assert app.model_overrides(["debug=tiny", "seed=3"]) == ["debug=tiny", "seed=3"]
     assert app.model_overrides(["checkpoint=a.safetensors"]) == ["checkpoint=a.safetensors"]
-    monkeypatch.setattr(app, "toyworld_available", lambda: True)
+    monkeypatch.setattr(app, "toyworld_files", lambda: [Path(__file__)])
     assert app.model_overrides(["seed=3"]) == ["model=toyworld", "seed=3"]
-    monkeypatch.setattr(app, "toyworld_available", lambda: False)
-    with pytest.raises(app.AppInputError, match="debug=tiny"):
+    monkeypatch.setattr(app, "toyworld_files", lambda: None)
+    with pytest.raises(app.AppInputError, match="not installed in this package: pass weights.*debug=tiny"):
+        app.model_overrides([])
+    monkeypatch.setattr(app, "toyworld_files", lambda: [Path("/nowhere/toy.safetensors")])
+    with pytest.raises(app.AppInputError, match=r"missing: /nowhere/toy.safetensors\).*debug=tiny"):
         app.model_overrides([])
 
 
