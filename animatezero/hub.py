@@ -103,6 +103,10 @@ def local_file(ref: str | os.PathLike, key: str = "checkpoint") -> Path:
             f"{key}={os.fspath(ref)} is a directory; pass the .safetensors/.ckpt file inside it "
             f"({key}={os.fspath(ref).rstrip('/')}/<file>.safetensors)"
         )
+    if not path.is_file():  # a FIFO would block the open below forever, a device could stream without end
+        raise FileNotFoundError(
+            f"{key}={os.fspath(ref)} is not a regular file (a pipe, device or socket); pass a file on disk"
+        )
     try:
         with open(path, "rb"):
             pass

@@ -600,3 +600,19 @@ def test_sweep_refuses_colliding_output_names_before_any_work(tmp_path, tiny_cac
         GlobalHydra.instance().clear()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "lies inside paths.run_files.frames" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "directory"])
+def test_cli_refuses_a_non_file_checkpoint_at_once(tmp_path, tiny_cache, monkeypatch, capsys, kind):
+    path = tmp_path / "z.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    with no_hang(), pytest.raises(SystemExit) as exit_info:
+        cli_run(["prompt=x", f"checkpoint={path}"], tmp_path, tiny_cache, monkeypatch)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and str(path) in err and "Traceback" not in err
+    assert ("is a directory" if kind == "directory" else "not a regular file") in err
