@@ -102,6 +102,7 @@ class AnimateZeroPipeline:
         offload: bool = False,
         compile: bool | str | dict = False,
         compile_cache_dir: str | os.PathLike | None = None,
+        default_size: tuple[int, int] = (512, 512),
     ):
         """``vae_chunk_size``: frames decoded at once (bounds the decode's memory). ``offload``: keep every network in
         CPU memory and move it to the device only while it runs (lower peak memory, slower). ``compile``:
@@ -121,6 +122,7 @@ class AnimateZeroPipeline:
         self.schedule = schedule or DDIMSchedule()
         self.device, self.dtype = torch.device(device), dtype
         self.vae_chunk_size, self.offload = vae_chunk_size, offload
+        self.default_size = (int(default_size[0]), int(default_size[1]))  # (height, width) when a call gives none
         home = torch.device("cpu") if offload else self.device
         for m in (unet, vae, text_encoder, motion_module):
             if m is not None:
@@ -193,6 +195,20 @@ class AnimateZeroPipeline:
         elif motion_lora is not None:
             raise ValueError("a motion LoRA needs a motion module: pass motion_module= as well")
         return cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+
+    @classmethod
+    def toyworld(cls, *, device: str | torch.device = "cpu", **kwargs) -> AnimateZeroPipeline:
+        """The shipped toy-world model (:mod:`animatezero.toyworld`): offline, 64x64, meaningful pictures in seconds
+        on a CPU. Its files are ordinary SD1.5 / AnimateDiff v2 checkpoints, loaded like any other."""
+        from animatezero import toyworld
+
+        checkpoint, motion_module = toyworld.files()
+        kwargs.setdefault("default_size", (toyworld.HEIGHT, toyworld.WIDTH))
+        return cls.from_single_files(checkpoint, motion_module, device=device, **kwargs)
+
+    def size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """The requested size, each side defaulting to the model's (``default_size``: 512x512 for SD1.5)."""
+        return (height or self.default_size[0], width or self.default_size[1])
 
     # building blocks ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -277,8 +293,8 @@ class AnimateZeroPipeline:
         prompt: str,
         *,
         negative_prompt: str = "",
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         steps: int = 25,
         guidance_scale: float = 7.5,
         seed: int | None = None,
@@ -289,6 +305,7 @@ class AnimateZeroPipeline:
         """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
         ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
         sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
+        height, width = self.size(height, width)
         check_size(height, width)
         check_sampling(steps, guidance_scale)
         shape = (1, 4, height // 8, width // 8)
@@ -450,8 +467,8 @@ class AnimateZeroPipeline:
         *,
         num_frames: int = 16,
         negative_prompt: str = "",
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         steps: int = 25,
         guidance_scale: float = 7.5,
         seed: int | None = None,
@@ -463,6 +480,7 @@ class AnimateZeroPipeline:
         ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
         self._require_motion()
         self._check_frames(num_frames)
+        height, width = self.size(height, width)
         check_size(height, width)
         check_sampling(steps, guidance_scale)
         shape = (1, 4, num_frames, height // 8, width // 8)
@@ -561,8 +579,8 @@ class AnimateZeroPipeline:
         prompt: str,
         *,
         negative_prompt: str = "",
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         steps: int = 25,
         guidance_scale: float = 7.5,
         seed: int | None = None,
@@ -577,6 +595,7 @@ class AnimateZeroPipeline:
         ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
         self._require_motion()
         self._check_frames(num_frames)
+        height, width = self.size(height, width)
         check_size(height, width)
         check_sampling(steps, guidance_scale)
         controls = controls if controls is not None else Controls.paper()
@@ -719,7 +738,7 @@ class AnimateZeroPipeline:
         size = (height, width) if height is not None and width is not None else None
         pixels = load_image(image, size) if not isinstance(image, Tensor) else image.float()
         check_finite(pixels, "the image's pixels")
-        pixels = fit_image(pixels, height, width)  # [3, H, W] in [0, 1]
+        pixels = fit_image(pixels, height, width, short_side=min(self.default_size))  # [3, H, W] in [0, 1]
         with self._using(self.vae):
             latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
         result = self.invert_latent(

@@ -61,8 +61,8 @@ ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
 CHECKPOINT_NAME = "toyworld_sd15.safetensors"
 MOTION_NAME = "mm_toyworld_v2.safetensors"
 STAGES = ("vae", "unet", "motion")
-DEFAULT_STEPS = {"vae": 600, "unet": 3000, "motion": 2000}
-DEFAULT_BATCH = {"vae": 12, "unet": 32, "motion": 2}
+DEFAULT_STEPS = {"vae": 500, "unet": 3000, "motion": 2000}
+DEFAULT_BATCH = {"vae": 8, "unet": 32, "motion": 2}
 POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents  # frames, frames, clips
 DEFAULT_LR = {"vae": 1e-3, "unet": 5e-4, "motion": 5e-4}
 CAPTION_DROPOUT = 0.1
@@ -122,7 +122,7 @@ class Stage:
         return self.path.with_suffix(".done")
 
 
-def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
+def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
     """Linear warm-up, then cosine decay to 10%."""
     if step < warmup:
         return base * (step + 1) / warmup
@@ -194,8 +194,9 @@ def train_vae(out: Path, args, log) -> AutoencoderKL:
 
     def loss_fn(rng):
         _, x = frame_batch(rng, args.batch_vae)  # [b, 3, 64, 64]
-        i, j = rng.randrange(0, 33, 8), rng.randrange(0, 33, 8)  # convolutions are shift-equivariant: train on
-        x = x[:, :, i : i + 32, j : j + 32]  # 32x32 crops (4x cheaper), aligned to the latent grid
+        c = args.vae_crop  # convolutions are shift-equivariant: train on crops (cheaper), aligned to the latent grid
+        i, j = rng.randrange(0, 65 - c, 8), rng.randrange(0, 65 - c, 8)
+        x = x[:, :, i : i + c, j : j + c]  # [b, 3, c, c]
         mean, logvar = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)  # [b, 4, 8, 8] each
         z = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * torch.randn_like(mean)
         rec = vae.decoder(vae.post_quant_conv(z))
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--vae-crop", type=int, default=24, help="VAE training crop size (a multiple of 8)")
     ap.add_argument("--pool-clips", type=int, default=POOL_CLIPS, help="clips encoded once for the UNet/motion stages")
     ap.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless WANDB_MODE is set)")
     for s in STAGES:
