@@ -2,8 +2,7 @@
 Python client against the app served on localhost. Candidates are made, one is picked and animated, the clip plays
 in the page, and the first frame of the downloaded frames equals the picked candidate's pixels; bad input shows a
 message in the page and the app keeps serving. Screenshots go to ``tests/artifacts/`` (or
-``$ANIMATEZERO_TEST_ARTIFACTS``); with ``ANIMATEZERO_APP_SCREENSHOT=docs/app.png`` the README's screenshot is
-rewritten too.
+``$ANIMATEZERO_TEST_ARTIFACTS``); the README's screenshot is made by scripts/app_screenshot.py.
 
 Skipped, with the reason, where Gradio, Playwright or the browser is not installed (``.ci/run`` installs them; never
 ``playwright install``: the browser is the system's)."""
@@ -113,18 +112,6 @@ def make_candidates(page, prompt: str, seed: int) -> None:
     status_text(page, f"{CANDIDATES} candidates")
 
 
-def save_readme_screenshot(page) -> None:
-    """``docs/app.png`` for the README: the top of the page at 3/4 size, as a small palette PNG."""
-    target = os.environ.get("ANIMATEZERO_APP_SCREENSHOT")
-    if not target:
-        return
-    page.evaluate("window.scrollTo(0, 0)")
-    image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
-    image = image.crop((0, 0, image.width, min(image.height, 1000)))
-    image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
-    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
-
-
 def test_pick_a_candidate_and_the_clip_starts_from_exactly_it(page, server):
     make_candidates(page, "a cat, blinking", seed=11)
     thumbs = page.locator("#candidates img")
@@ -140,7 +127,6 @@ def test_pick_a_candidate_and_the_clip_starts_from_exactly_it(page, server):
     page.wait_for_function("document.querySelector('#video video').readyState >= 2")  # decoded: it plays
     assert page.evaluate("document.querySelector('#video video').duration") > 0
     shot(page, "app_animated")
-    save_readme_screenshot(page)
 
     links = {a.get_attribute("download"): a.get_attribute("href") for a in page.locator("#downloads a").all()}
     assert {"video.mp4", "video.gif", "frames.zip", "run.json"} <= set(links)
