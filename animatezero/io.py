@@ -217,7 +217,8 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
             width, height = img.size  # from the header; nothing decoded yet
             check_image_size(height, width, f"image {str(path)!r}")
             if size is not None and img.format == "JPEG":
-                img.draft("RGB", (size[1], size[0]))  # DCT-domain downscale, never below the requested size
+                side = max(size)  # the EXIF orientation may swap the sides: cover the request either way
+                img.draft("RGB", (side, side))  # DCT-domain downscale, never below the requested size
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_tensor(img, path)

@@ -226,6 +226,7 @@ def test_jpeg_is_decoded_at_a_reduced_size_when_a_size_is_asked(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 1536, 3), np.uint8)).save(path)
     assert load_image(path).shape == (3, 1024, 1536)
     assert load_image(path, size=(256, 256)).shape == (3, 256, 384)  # 1/4 scale still covers 256x256
+    assert load_image(path, size=(256, 384)).shape == (3, 512, 768)  # 1/2: covers 384 in either orientation
 
 
 # ----------------------------------------------------------------------------------- 9. images decoded by mode
