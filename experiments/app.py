@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from animatezero.controls import BLOCKS, Controls
@@ -494,6 +495,8 @@ def build_ui(session: Session):
     def fail(status, e: BaseException) -> dict:
         if isinstance(e, USER_ERRORS):
             message = str(e)
+        elif isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):  # too big for this machine: say what helps
+            message = f"out of memory: {e} Try fewer frames, a smaller size, or fewer candidates."
         else:  # a bug: the message in the page, the traceback in the server log
             traceback.print_exc()
             message = f"internal error ({type(e).__name__}: {e}); the app is still running, see the server log"
