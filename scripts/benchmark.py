@@ -65,6 +65,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from animatezero.controls import Controls  # noqa: E402
 from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
+
+AnimateZeroPipeline.progress = False  # timed runs: no progress bars (they cost time and clutter the figures)
 from models.compile import MODES  # noqa: E402
 from tests import oracle  # noqa: E402
 
@@ -136,6 +138,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--markdown", type=Path, default=None, help="also write the Markdown tables here")
     args = p.parse_args(argv)
+    for name in ("frames", "height", "width", "steps"):  # 0 would silently mean "the default"
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but no CUDA device is available")

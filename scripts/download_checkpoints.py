@@ -30,6 +30,12 @@ DEFAULTS = ("sd15", "mm_sd_v15_v2")
 assert NAMED["mm_sd_v15_v2"] == DEFAULT_MOTION_MODULE
 
 
+def fail(message: str) -> None:
+    """One line on stderr and exit status 2 (a usage error), no traceback."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def download(ref: str, dest: Path, revision: str | None = None, sha256: str | None = None) -> Path:
     """One hub file ``org/repo/path[@rev]`` -> ``dest/<file name>``; raises when the SHA-256 does not match."""
     from huggingface_hub import hf_hub_download
@@ -38,7 +44,7 @@ def download(ref: str, dest: Path, revision: str | None = None, sha256: str | No
 
     parsed = parse_hub_reference(ref)
     if parsed is None:
-        raise SystemExit(f"error: {ref!r} is neither a known name ({', '.join(NAMED)}) nor a hub file org/repo/file")
+        fail(f"error: {ref!r} is neither a known name ({', '.join(NAMED)}) nor a hub file org/repo/file")
     repo_id, filename, ref_revision = parsed
     revision = revision or ref_revision
     pin = PINS.get(f"{repo_id}/{filename}")
@@ -47,7 +53,7 @@ def download(ref: str, dest: Path, revision: str | None = None, sha256: str | No
     path = Path(hf_hub_download(repo_id, filename, revision=revision, local_dir=dest))
     digest = file_sha256(path)
     if sha256 is not None and digest != sha256.lower():
-        raise SystemExit(f"error: {path} has SHA-256 {digest}, expected {sha256}: the download is corrupt or changed")
+        fail(f"error: {path} has SHA-256 {digest}, expected {sha256}: the download is corrupt or changed")
     print(f"{path}  sha256={digest}")
     return path
 

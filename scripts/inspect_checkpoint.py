@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         entries = read_shapes(args.path)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     shapes = {k: s for k, (s, _) in entries.items()}
     family = detect_family(shapes)
 

@@ -103,7 +103,8 @@ def collect(sweep_dirs: Sequence[Path]) -> list[Run]:
     runs = []
     for sweep_dir in sweep_dirs:
         if not sweep_dir.is_dir():
-            raise SystemExit(f"error: {sweep_dir} is not a directory")
+            print(f"error: {sweep_dir} is not a directory; give evaluated sweep directories", file=sys.stderr)
+            raise SystemExit(2)
         from_csv = _csv_metrics(sweep_dir)
         for run_dir in find_runs(sweep_dir):  # committed runs only (no temporary folders of killed sweeps)
             run = json.loads((run_dir / "run.json").read_text())
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: no finished runs (run.json with status done) below {[str(s) for s in args.sweeps]}",
             file=sys.stderr,
         )
-        return 1
+        return 2
     out = args.out or args.sweeps[0] / "tables"
     out.mkdir(parents=True, exist_ok=True)
     grouped = groups(runs)

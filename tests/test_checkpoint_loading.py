@@ -318,5 +318,5 @@ def test_inspect_checkpoint_script(tmp_path, base_sd, capsys):
     assert "version: v1, pe length 24" in capsys.readouterr().out
 
     (tmp_path / "empty.ckpt").write_bytes(b"")
-    assert main([str(tmp_path / "empty.ckpt")]) == 1
+    assert main([str(tmp_path / "empty.ckpt")]) == 2  # bad input: exit 2, as every CLI
     assert "empty (0 bytes)" in capsys.readouterr().err

@@ -241,7 +241,7 @@ def load_script(name):
     return module
 
 
-def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path, monkeypatch):
+def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     fetched = []
@@ -261,8 +261,9 @@ def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path, mon
     ]
     good = hashlib.sha256(b"mm_sd_v14.ckpt").hexdigest()
     assert script.main(["mm_sd_v14", "--dest", str(tmp_path), "--sha256", good]) == 0
-    with pytest.raises(SystemExit, match="expected"):
+    with pytest.raises(SystemExit) as exit_info:
         script.main(["mm_sd_v14", "--dest", str(tmp_path), "--sha256", "0" * 64])
+    assert exit_info.value.code == 2 and "expected" in capsys.readouterr().err
 
 
 def test_make_tiny_checkpoints_load(tmp_path):
