@@ -142,6 +142,10 @@ def test_pick_a_candidate_and_the_clip_starts_from_exactly_it(page, server):
     assert '"mode": "animatezero"' in run and '"video": 12' in run
     sync_api.expect(page.locator("#history")).to_contain_text("animatezero")
 
+    page.locator("#continue").click()  # a longer clip from the last frame, listed as a second run
+    status_text(page, f"{2 * FRAMES - 1} frames, animatezero+continue")
+    sync_api.expect(page.locator("#history")).to_contain_text("animatezero+continue")
+
 
 def header_only_png(path: Path, width: int, height: int) -> Path:
     def chunk(kind, data):
