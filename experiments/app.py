@@ -264,9 +264,9 @@ class Clip:
     segments: int = 1
 
 
-def step_callback(progress, total: int, desc: str, done: list[int] | None = None):
+def step_callback(progress, total: int, desc: str):
     """A pipeline ``callback`` that moves the page's progress bar one step per sampler step."""
-    done = done if done is not None else [0]
+    done = [0]
 
     def callback(_info) -> None:
         done[0] += 1
@@ -299,8 +299,7 @@ class Session:
         seed = new_seed() if seed < 0 else seed
         count = as_int(count, "number of candidates", 1, MAX_CANDIDATES)
         settings = self.sampler(steps, guidance, height, width)
-        done = [0]
-        cb = step_callback(progress, count * settings["steps"], "candidates", done)
+        cb = step_callback(progress, count * settings["steps"], "candidates")
         with self.model.lock, common.cpu_threads(self.model.cfg.model.cpu_threads):
             return self.pipe.candidates(
                 prompt, list(range(seed, seed + count)), negative_prompt=negative, callback=cb, **settings
@@ -390,12 +389,17 @@ class Session:
                 )
                 return Clip(image, video, controls, seed, "animatediff")
             kwargs = {"controls": controls, "num_frames": frames, "seed": seed, "callback": cb}
-            if mode == "loop":
-                video = self.pipe.loop(image, motion_prompt, **kwargs)
-            elif last is not None:
-                video = self.pipe.interpolate(image, last, motion_prompt, **kwargs)
-            else:
-                video = self.pipe.animate(image, motion_prompt, end_prompt=end_prompt, **kwargs)
+            try:
+                if mode == "loop":
+                    video = self.pipe.loop(image, motion_prompt, **kwargs)
+                elif last is not None:
+                    video = self.pipe.interpolate(image, last, motion_prompt, **kwargs)
+                else:
+                    video = self.pipe.animate(image, motion_prompt, end_prompt=end_prompt, **kwargs)
+            finally:
+                # the keys/values recorded for this animation (large at full size) are not kept in the session: a
+                # later animation of the same image records them again
+                image.kv_bank = None
         return Clip(image, video, controls, seed, {"animate": "animatezero"}.get(mode, mode.split()[0]))
 
     def extend(self, clip: Clip | None, frames, progress=None) -> Clip:

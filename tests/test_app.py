@@ -123,6 +123,7 @@ def test_animate_starts_from_the_picked_candidate_and_writes_a_run(session):
     assert [im.seed for im in images] == [5, 6, 7]
     clip = session.animate(images[1], Controls.paper(), 4, -1)
     assert clip.seed == 6 and clip.mode == "animatezero" and clip.video.num_frames == 4
+    assert images[1].kv_bank is None  # the recorded keys/values are not kept in the session
     run_dir, files, metrics = session.write(clip, 8, 1.0)
 
     picked = np.asarray(app.to_pil(images[1].image))
