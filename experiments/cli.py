@@ -145,6 +145,26 @@ def check_out_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     return path
 
 
+def default_run_dir(output_root: str | os.PathLike, task: str) -> Path:
+    """``<output_root>/<task>/<date>/<time with microseconds>``, taken when the job runs (so each job of a multirun
+    gets its own), with ``_<job number>`` added inside a Hydra multirun (parallel launchers may start jobs in the
+    same microsecond)."""
+    import datetime as _dt
+
+    now = _dt.datetime.now()
+    name = now.strftime("%H-%M-%S-%f")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            name += f"_{hc.job.num}"
+    except (ImportError, ValueError):  # not running under Hydra (tests, compose, the app)
+        pass
+    return Path(output_root) / task / now.strftime("%Y-%m-%d") / name
+
+
 # ------------------------------------------------------------------------------------------------- errors
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input or missing weights (their message says what to do), not a bug."""

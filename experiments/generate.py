@@ -38,7 +38,9 @@ def check(cfg: DictConfig) -> None:
     for key in ("image", "end_image"):
         if cfg[key] is not None:
             local_file(cfg[key], key)
-    cfg.out_dir = str(cfg.out_dir)
+    cfg.out_dir = str(
+        cfg.out_dir if cfg.out_dir is not None else cli.default_run_dir(cfg.paths.output_root, "generate")
+    )
     cli.check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
 
 

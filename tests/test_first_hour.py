@@ -299,3 +299,10 @@ def test_evaluate_errors_are_one_line_and_open_no_wandb(tmp_path, monkeypatch, c
     monkeypatch.setattr(WandbRun, "start", classmethod(lambda cls, **k: pytest.fail("W&B opened for a failed run")))
     code, _, err = run_main(ev.main, ["evaluate", f"run_dir={tmp_path}"], monkeypatch, capsys)
     assert code == 2 and "CLIP weights are not cached" in err and err.count("\n") == 1
+
+
+def test_default_run_dir_is_taken_when_the_job_runs(tmp_path):
+    a = cli.default_run_dir(tmp_path, "generate")
+    time.sleep(0.001)
+    b = cli.default_run_dir(tmp_path, "generate")
+    assert a != b and a.parent == b.parent and a.parent.parent == tmp_path / "generate"
