@@ -20,6 +20,8 @@ from experiments import evaluate as ev
 from experiments import generate as gen
 from experiments import sweep as sw
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
@@ -217,6 +219,9 @@ def test_help_lists_the_options_and_only_accepted_groups(monkeypatch, capsys):
     for group in ("controls", "model", "motion", "sampler", "debug"):
         assert f"  {group} " in out or f"  {group}  " in out
     assert "experiment" not in out and "prompts " not in out  # groups animatezero does not take
+    for group in ("controls", "model", "motion", "sampler", "debug"):  # every option of the groups it does take
+        for option in sorted((CONFIGS / group).glob("*.yaml")):
+            assert option.stem in out, f"--help does not list {group}={option.stem}"
 
 
 def test_size_shortcut():
