@@ -311,3 +311,28 @@ def test_default_run_dir_is_taken_when_the_job_runs(tmp_path):
     time.sleep(0.001)
     b = cli.default_run_dir(tmp_path, "generate")
     assert a != b and a.parent == b.parent and a.parent.parent == tmp_path / "generate"
+
+
+@pytest.mark.parametrize("bad, message", [("steps=0", "steps=0 is out of range"), ("repeats=0", "repeats=0")])
+def test_sweep_bad_values_one_line_nothing_on_disk(bad, message, tiny_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", "sweep_dir=sw", bad]
+    code, _, err = run_main(sw.main, argv, monkeypatch, capsys)
+    assert code == 2 and err.startswith("python -m experiments.sweep: error: ") and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_summary_on_ctrl_c(tiny_cache, tmp_path, monkeypatch, capsys):
+    from experiments import common
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "make_video", interrupted)
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", "sweep_dir=sw", "shard.count=99"]
+    with pytest.raises(KeyboardInterrupt):
+        run_main(sw.main, argv, monkeypatch, capsys)
+    out = capsys.readouterr().out
+    assert "[sweep] interrupted: 0 done, 0 skipped (already done), 0 failed, 1 not run" in out
+    assert "run the same command again to resume" in out
