@@ -131,12 +131,11 @@ class Model:
 
     @property
     def name(self) -> str:
-        parts = [Path(self.checkpoints["checkpoint"]["ref"]).name]
-        if "motion_module" in self.checkpoints:
-            parts.append(Path(self.checkpoints["motion_module"]["ref"]).name)
-        else:
-            parts.append("no motion module (images only)")
-        return " + ".join(parts) + f" on {self.device}"
+        """The weight files by name and the device, for the page's header."""
+        image = self.checkpoints.get("checkpoint", {}).get("ref", "the given networks")
+        motion = self.checkpoints.get("motion_module", {}).get("ref")
+        motion = Path(motion).name if motion else "no motion module (images only)"
+        return f"{Path(image).name} + {motion} on {self.device}"
 
 
 # ------------------------------------------------------------------------------------------------- checks
