@@ -140,13 +140,14 @@ def offline_reason(timeout: float = 3.0) -> str | None:
         return f"{host}:{port} cannot be reached ({e.strerror or type(e).__name__})"
 
 
-def resolve_all(refs: dict[str, str | os.PathLike | None], **options) -> dict[str, Path]:
+def resolve_all(refs: dict[str, str | os.PathLike | None], *, download: bool = True, **options) -> dict[str, Path]:
     """Local files for several references at once (``{setting: reference}``; None entries are skipped).
 
     Local paths are checked first (every problem reported together). Hub files are taken from the Hugging Face cache;
     only when some are missing is the network checked, once (:func:`offline_reason`). Offline, one error names every
-    missing file and the overrides that pass local copies instead; online, the missing files are downloaded.
-    ``options`` go to :func:`resolve`."""
+    missing file and the overrides that pass local copies instead; online, the missing files are downloaded (with
+    ``download=False`` they are left out of the result: a quick check before anything heavy). ``options`` go to
+    :func:`resolve`."""
     refs = {k: v for k, v in refs.items() if v is not None}
     out: dict[str, Path] = {}
     problems: list[Exception] = []
@@ -179,6 +180,8 @@ def resolve_all(refs: dict[str, str | os.PathLike | None], **options) -> dict[st
                 f"and the hub cannot be used ({reason}):{files}\nFetch them on a networked machine (python "
                 f"scripts/download_checkpoints.py) or pass local files: {overrides}"
             )
+        if not download:
+            return out
         for key in missing:
             out[key] = resolve(hub[key], key=key, **options)
     return {k: out[k] for k in refs}

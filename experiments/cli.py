@@ -120,28 +120,29 @@ def check_values(cfg: DictConfig) -> None:
 def check_out_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Prove that ``path`` can become a run directory without creating anything: an existing folder must be writable
     and hold no run (unless ``overwrite``); otherwise its nearest existing parent must be a writable folder."""
-    from animatezero.runlog import RUN_JSON, OutputDirError
-
     path = Path(path).expanduser()
     fix = "Choose a writable one, e.g. out_dir=outputs/my_run (or paths.output_root=... for every run)."
+    problem = None
     if path.exists():
         if not path.is_dir():
-            raise OutputDirError(f"cannot write to the output directory {str(path)!r}: it is a file. {fix}")
-        if not overwrite and (path / RUN_JSON).exists():
-            raise OutputDirError(
-                f"{str(path)!r} already holds a run ({RUN_JSON}); choose a fresh out_dir or pass overwrite=true"
-            )
+            problem = f"cannot write to the output directory {str(path)!r}: it is a file. {fix}"
+        elif not overwrite and (path / "run.json").exists():
+            problem = f"{str(path)!r} already holds a run (run.json); choose a fresh out_dir or pass overwrite=true"
         probe = path
     else:
         probe = path.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         if not probe.is_dir():
-            raise OutputDirError(
+            problem = (
                 f"cannot write to the output directory {str(path)!r}: {str(probe)!r} is a file, not a folder. {fix}"
             )
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputDirError(f"cannot write to the output directory {str(path)!r}: {str(probe)!r} is read-only. {fix}")
+    if problem is None and not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"cannot write to the output directory {str(path)!r}: {str(probe)!r} is read-only. {fix}"
+    if problem is not None:
+        from animatezero.runlog import OutputDirError  # imported only on this error path (it brings torch)
+
+        raise OutputDirError(problem)
     return path
 
 
@@ -167,26 +168,29 @@ def default_run_dir(output_root: str | os.PathLike, task: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------- errors
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean bad input or missing weights (their message says what to do), not a bug."""
-    from animatezero.hub import DownloadError
-    from animatezero.runlog import OutputDirError, OutputPathError
-
+    """The exceptions that mean bad input or missing weights (their message says what to do), not a bug. Classes of
+    modules not imported yet cannot have been raised, so they are looked up only among loaded modules (this keeps
+    the error path free of heavy imports)."""
     errors: list[type[BaseException]] = [
         ConfigError,
-        DownloadError,
-        OutputDirError,
-        OutputPathError,
         FileNotFoundError,
         IsADirectoryError,
         NotADirectoryError,
         PermissionError,
         ValueError,
     ]
-    for module, name in (("models.checkpoint", "CheckpointError"), ("evaluation.extractors", "EvaluatorUnavailable")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+    named = (
+        ("animatezero.hub", "DownloadError"),
+        ("animatezero.io", "OutputDirError"),
+        ("animatezero.runlog", "OutputDirError"),
+        ("animatezero.runlog", "OutputPathError"),
+        ("models.checkpoint", "CheckpointError"),
+        ("evaluation.extractors", "EvaluatorUnavailable"),
+    )
+    for module, name in named:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            errors.append(cls)
     return tuple(errors)
 
 

@@ -27,7 +27,7 @@ TEXT_KEYS = ("prompt", "negative_prompt", "sampler.negative_prompt", "end_prompt
 def check(cfg: DictConfig) -> None:
     """Everything that can be wrong with the arguments, checked before anything is created or loaded: a command
     that fails here leaves nothing on disk. Fixes ``out_dir`` (its timestamp is taken once)."""
-    from animatezero.hub import local_file
+    from animatezero.hub import local_file, resolve_all
 
     if OmegaConf.is_missing(cfg, "prompt"):
         if cfg.image is None:
@@ -42,17 +42,21 @@ def check(cfg: DictConfig) -> None:
         cfg.out_dir if cfg.out_dir is not None else cli.default_run_dir(cfg.paths.output_root, "generate")
     )
     cli.check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
+    if cfg.model.synthetic is None and cfg.motion.synthetic is None:
+        # missing local weights, or hub files missing while offline, are reported now, before torch is even imported
+        refs = {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion.lora": cfg.motion.lora}
+        resolve_all(refs, download=False, cache_dir=cfg.paths.cache_dir)
 
 
 def generate(cfg: DictConfig) -> Path:
     """Run one ``animatezero`` command; returns the run directory."""
+    check(cfg)  # before the heavy imports: a bad value or missing weights are reported in about a second
     from dataclasses import asdict
 
     from animatezero.pipeline import new_seed
     from animatezero.runlog import RunRecord, WandbRun, environment, prepare_run_dir
     from experiments import common
 
-    check(cfg)
     label, controls = common.controls_from_group(cfg.controls)
     common.check_sampler(cfg.sampler)
     device = common.pick_device(cfg.model.device)
