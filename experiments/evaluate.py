@@ -23,14 +23,14 @@ def evaluate(cfg: DictConfig, networks: Any = None) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir``; ``networks`` injects evaluator networks (tests use toy ones). Returns the run's
     metrics, or the sweep's summary groups. W&B is opened only once the metrics exist: a failed evaluation leaves
     no W&B run behind."""
-    from animatezero.runlog import WandbRun
-    from evaluation.evaluate import EvalConfig, evaluate_run, evaluate_sweep
-    from experiments import common
-
     path = Path(cfg.run_dir)
     if not path.is_dir():
         raise cli.ConfigError(f"run_dir={cfg.run_dir} is not a directory; give a run or a sweep directory")
     cli.check_values(cfg)  # wandb.mode
+    from animatezero.runlog import WandbRun
+    from evaluation.evaluate import EvalConfig, evaluate_run, evaluate_sweep
+    from experiments import common
+
     config = EvalConfig(**common.plain(cfg.eval))
     if (path / "run.json").is_file():
         if (path / "metrics.json").is_file() and not cfg.force:

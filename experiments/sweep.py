@@ -61,12 +61,12 @@ def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict, c
 def sweep(cfg: DictConfig) -> Path:
     """Run (or resume) the sweep; returns its directory. Every argument is checked, and the weights found, before
     the sweep directory is touched."""
+    cli.apply_shortcuts(cfg)  # the plain values first, before the heavy imports
+    cli.check_values(cfg)
     from animatezero.io import atomic_path, write_json
     from animatezero.runlog import RunRecord, WandbRun, environment, inside, prepare_run_dir
     from experiments import common
 
-    cli.apply_shortcuts(cfg)
-    cli.check_values(cfg)
     configurations = common.sweep_configurations(cfg)
     items = common.prompt_items(cfg.prompts, cfg.repeats, cfg.shard, cfg.sampler.negative_prompt)
     common.check_sampler(cfg.sampler)
