@@ -68,12 +68,15 @@ def step(args) -> None:
 
     from animatezero.pipeline import AnimateZeroPipeline
 
-    pipe = AnimateZeroPipeline.from_single_files(files.sd15, files.motion)
-    unet, motion = pipe.unet, pipe.motion_module
-    with torch.inference_mode():
-        outputs["ours"] = unet(x, t, ctx, motion=motion)
-        report("ours", lambda: unet(x, t, ctx, motion=motion), args.repeats)
-    pipe = unet = motion = None  # free ours before loading diffusers'
+    if "ours" in args.sides:
+        pipe = AnimateZeroPipeline.from_single_files(files.sd15, files.motion)
+        unet, motion = pipe.unet, pipe.motion_module
+        with torch.inference_mode():
+            outputs["ours"] = unet(x, t, ctx, motion=motion)
+            report("ours", lambda: unet(x, t, ctx, motion=motion), args.repeats)
+        pipe = unet = motion = None  # free ours before loading diffusers'
+    if "diffusers" not in args.sides:
+        return
 
     import tempfile
 
@@ -82,10 +85,12 @@ def step(args) -> None:
         dpipe = oracle.build_animatediff(files, config_dir)
     dunet = dpipe.unet
     oracle.patch_motion_norms(dunet)
+    dctx = ctx.repeat_interleave(args.frames, 0)  # UNetMotionModel takes the context per frame, [(b f), n, d]
     with torch.inference_mode():
-        outputs["diffusers"] = dunet(x, t, encoder_hidden_states=ctx).sample
-        report("diffusers", lambda: dunet(x, t, encoder_hidden_states=ctx), args.repeats)
-    print(f"max |ours - diffusers| = {(outputs['ours'] - outputs['diffusers']).abs().max().item():.2e}")
+        outputs["diffusers"] = dunet(x, t, encoder_hidden_states=dctx).sample
+        report("diffusers", lambda: dunet(x, t, encoder_hidden_states=dctx), args.repeats)
+    if len(outputs) == 2:
+        print(f"max |ours - diffusers| = {(outputs['ours'] - outputs['diffusers']).abs().max().item():.2e}")
 
 
 def report(name: str, fn, repeats: int) -> None:
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--height", type=int, default=128)
     s.add_argument("--width", type=int, default=128)
     s.add_argument("--frames", type=int, default=4)
+    s.add_argument("--sides", nargs="+", choices=("ours", "diffusers"), default=["ours", "diffusers"])
     wn = sub.add_parser("window")
     wn.add_argument("--frames", type=int, default=16)
     wn.add_argument("--tokens", type=int, default=512, help="N: spatial positions x batch (512: 2 x 16x16)")
