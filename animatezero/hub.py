@@ -90,18 +90,18 @@ def hub_reference(ref: str | os.PathLike) -> tuple[str, str, str | None] | None:
     return parse_hub_reference(text)
 
 
-def local_file(ref: str | os.PathLike, key: str = "checkpoint") -> Path:
-    """``ref`` as an existing, readable regular file, else one-line error naming ``key`` and the fix."""
+def local_file(ref: str | os.PathLike, key: str = "checkpoint", *, image: bool = False) -> Path:
+    """``ref`` as an existing, readable regular file, else one-line error naming ``key`` and the fix (for a weights
+    file by default, which may also be a hub file; for an image with ``image=True``)."""
     path = Path(ref).expanduser()
+    kind, suffix = ("image file (PNG, JPEG, WebP)", ".png") if image else (".safetensors/.ckpt file", ".safetensors")
     if not path.exists():
-        raise FileNotFoundError(
-            f"{key}={os.fspath(ref)} does not exist. Pass an existing .safetensors/.ckpt file, or a Hugging Face hub "
-            f"file as hf://org/repo/file (e.g. hf://{DEFAULT_CHECKPOINT})"
-        )
+        hint = "" if image else f", or a Hugging Face hub file as hf://org/repo/file (e.g. hf://{DEFAULT_CHECKPOINT})"
+        raise FileNotFoundError(f"{key}={os.fspath(ref)} does not exist. Pass an existing {kind}{hint}")
     if path.is_dir():
         raise IsADirectoryError(
-            f"{key}={os.fspath(ref)} is a directory; pass the .safetensors/.ckpt file inside it "
-            f"({key}={os.fspath(ref).rstrip('/')}/<file>.safetensors)"
+            f"{key}={os.fspath(ref)} is a directory; pass the {kind} inside it "
+            f"({key}={os.fspath(ref).rstrip('/')}/<file>{suffix})"
         )
     if not path.is_file():  # a FIFO would block the open below forever, a device could stream without end
         raise FileNotFoundError(

@@ -37,7 +37,7 @@ def check(cfg: DictConfig) -> None:
     cli.check_values(cfg)
     for key in ("image", "end_image"):
         if cfg[key] is not None:
-            local_file(cfg[key], key)
+            local_file(cfg[key], key, image=True)
     cfg.out_dir = str(
         cfg.out_dir if cfg.out_dir is not None else cli.default_run_dir(cfg.paths.output_root, "generate")
     )
