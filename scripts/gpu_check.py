@@ -12,12 +12,13 @@ order (the most wanted first, so a slow machine loses the least):
                    the repository root: ``pip install --no-index --no-deps --target`` them (the subprocesses get that
                    folder on ``PYTHONPATH``); still missing: the diffusers parts are skipped with that reason
   checkpoints      the synthetic full-size SD1.5 + motion v2 files (``tests/oracle.py``), written once
-  gpu_tests        ``pytest -m gpu tests/test_gpu.py`` (fp16/bf16 first-frame promise, fast path, compiled = eager)
+  gpu_tests        ``pytest -m gpu tests/test_gpu.py -k "not compiled"`` (fp16/bf16 first-frame promise, fast path)
   parity_fp16      ``scripts/parity_full.py --dtypes fp16``: full-size ours vs diffusers, component by component
   bench_eager      ``scripts/benchmark.py``: our text-to-video, AnimateZero (separate and lockstep), diffusers'
                    text-to-video, per-run peak memory (``torch.cuda.max_memory_allocated``)
   bench_compiled   ``scripts/benchmark.py --compile default --compile-only --compile-runs text_to_video``: the
                    compiled text-to-video, its first run on an empty Inductor cache and on a warm cache reported apart
+  gpu_tests_compiled  the compiled-equals-eager GPU tests (``compile="default"`` and ``"reduce-overhead"``, tiny)
   parity_fp32      ``scripts/parity_full.py --dtypes fp32`` (TF32 off), if time is left
 
 Writes ``gpu_check.json`` (every part: status, seconds, exit code, the end of its output, its own JSON report),
@@ -152,15 +153,12 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
         compiled = ["--compile", "default"]
         half = "fp16"
     bench_py, parity_py = str(ROOT / "scripts" / "benchmark.py"), str(ROOT / "scripts" / "parity_full.py")
+    pytest_gpu = [*python(), "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", "-p", "no:cacheprovider"]
     write_ckpt = f"from tests import oracle; print(oracle.synthetic_checkpoints({size!r}, {str(args.cache_dir)!r}))"
     return [
         Part("environment", [*python(), "-c", env_probe()], 60, min_s=5),
         Part("checkpoints", [*python(), "-c", write_ckpt], 150, min_s=20),
-        Part(
-            "gpu_tests",
-            [*python(), "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", "-p", "no:cacheprovider"],
-            150,
-        ),
+        Part("gpu_tests", [*pytest_gpu, "-k", "not compiled"], 120),
         Part(
             "parity_fp16",
             [*python(), parity_py, *parity, "--dtypes", half, *cache, "--json", str(work / "parity_fp16.json")],
@@ -184,6 +182,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
             report=work / "bench_compiled.json",
             min_s=60,
         ),
+        Part("gpu_tests_compiled", [*pytest_gpu, "-k", "compiled"], 150, min_s=60),
         Part(
             "parity_fp32",
             [*python(), parity_py, *parity, "--dtypes", "fp32", *cache, "--json", str(work / "parity_fp32.json")],
@@ -306,10 +305,10 @@ def markdown(summary: dict[str, Any]) -> str:
         report = parts.get(name, {}).get("report")
         if report and report.get("markdown"):
             lines += ["", f"### {name}", "", report["markdown"].strip()]
-    gpu_tests = parts.get("gpu_tests", {})
-    if gpu_tests.get("output_tail"):
-        last = [ln for ln in gpu_tests["output_tail"].strip().splitlines() if ln.strip()][-1:]
-        lines += ["", f"GPU tests: {last[0] if last else '–'}"]
+    for name in ("gpu_tests", "gpu_tests_compiled"):
+        if tail := parts.get(name, {}).get("output_tail"):
+            last = [ln for ln in tail.strip().splitlines() if ln.strip()][-1:]
+            lines += ["", f"{name}: {last[0] if last else '–'}"]
     return "\n".join(lines) + "\n"
 
 
