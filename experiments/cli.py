@@ -166,6 +166,29 @@ def default_run_dir(output_root: str | os.PathLike, task: str) -> Path:
     return Path(output_root) / task / now.strftime("%Y-%m-%d") / name
 
 
+def check_override_keys(prog: str, argv: list[str], config_name: str) -> None:
+    """Refuse a ``key=value`` whose first part is neither a key of ``configs/<config_name>.yaml`` nor one of its
+    groups, in one line with the closest known names and exit status 2 (Hydra would print several lines, suggest
+    ``+key=`` and exit 1). Nested keys and group options are left to Hydra, whose messages list the choices."""
+    import difflib
+
+    spec = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / f"{config_name}.yaml")
+    known = {str(k) for k in spec if k != "defaults"} | {"hydra"}
+    for entry in spec.get("defaults", []):
+        if isinstance(entry, DictConfig | dict):
+            known |= {str(k).removeprefix("override ").split("/")[0] for k in entry}
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")):
+            continue
+        root = key.split(".")[0].split("@")[0]
+        if root not in known:
+            close = difflib.get_close_matches(root, sorted(known), n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            print(f"{prog}: error: unknown option {key!r}{hint}; `{prog} --help` lists the options", file=sys.stderr)
+            raise SystemExit(2)
+
+
 # ------------------------------------------------------------------------------------------------- errors
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input or missing weights (their message says what to do), not a bug. Classes of

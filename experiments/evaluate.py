@@ -10,6 +10,7 @@ configuration). Then ``python scripts/make_tables.py <sweep_dir>`` renders the p
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,14 @@ def evaluate(cfg: DictConfig, networks: Any = None) -> dict[str, Any]:
 
 
 @hydra.main(config_path="pkg://configs", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     cli.run("python -m experiments.evaluate", evaluate, cfg)  # bad input, evaluator offline: one line, exit 2
+
+
+def main() -> None:
+    """``python -m experiments.evaluate KEY=VALUE ...``: an unknown key is one line and exit 2, then Hydra composes the config."""
+    cli.check_override_keys("python -m experiments.evaluate", sys.argv[1:], "evaluate")
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ def quote_text_overrides(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """The ``animatezero`` console script."""
+    cli.check_override_keys("animatezero", sys.argv[1:], "generate")
     sys.argv = [sys.argv[0], *quote_text_overrides(sys.argv[1:])]
     _hydra_main()
 

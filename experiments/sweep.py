@@ -13,6 +13,7 @@ shared by all of its configurations.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -166,8 +167,14 @@ def sweep(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path="pkg://configs", config_name="sweep", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     cli.run("python -m experiments.sweep", sweep, cfg)  # bad input: one line on stderr, exit 2
+
+
+def main() -> None:
+    """``python -m experiments.sweep KEY=VALUE ...``: an unknown key is one line and exit 2, then Hydra composes the config."""
+    cli.check_override_keys("python -m experiments.sweep", sys.argv[1:], "sweep")
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -336,3 +336,18 @@ def test_sweep_summary_on_ctrl_c(tiny_cache, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "[sweep] interrupted: 0 done, 0 skipped (already done), 0 failed, 1 not run" in out
     assert "run the same command again to resume" in out
+
+
+@pytest.mark.parametrize(
+    "main, argv, suggestion",
+    [
+        (gen.main, ["animatezero", "prompt=x", "stepz=3"], "steps"),
+        (sw.main, ["sweep", "sweepdir=x"], "sweep_dir"),
+        (ev.main, ["evaluate", "rundir=x"], "run_dir"),
+    ],
+)
+def test_unknown_option_is_one_line_with_a_suggestion(main, argv, suggestion, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(main, argv, monkeypatch, capsys)
+    assert code == 2 and "unknown option" in err and suggestion in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
