@@ -67,7 +67,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``python -m experiments.evaluate KEY=VALUE ...``: an unknown key is one line and exit 2, then Hydra composes the config."""
+    """``python -m experiments.evaluate KEY=VALUE ...``: an unknown key is one line and exit 2; then Hydra runs."""
     cli.check_override_keys("python -m experiments.evaluate", sys.argv[1:], "evaluate")
     _hydra_main()
 

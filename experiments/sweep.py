@@ -172,7 +172,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``python -m experiments.sweep KEY=VALUE ...``: an unknown key is one line and exit 2, then Hydra composes the config."""
+    """``python -m experiments.sweep KEY=VALUE ...``: an unknown key is one line and exit 2; then Hydra runs."""
     cli.check_override_keys("python -m experiments.sweep", sys.argv[1:], "sweep")
     _hydra_main()
 
