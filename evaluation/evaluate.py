@@ -16,7 +16,11 @@ Metric keys (all per video; ``*_wo_f0`` is the same metric on ``frames[1:]``, ME
 ``motion``, ``dynamic``                   --   mean RAFT flow magnitude (px); VBench dynamic (0/1)
 ``frame_consistency`` (``_all_pairs``)    up   CLIP cos between consecutive (all) frames
 ``first_frame_{psnr,ssim,lpips}``        --   given image vs frame 0 (PSNR capped at 100 dB)
+``toyworld_*``                            --   toy-world ground truth, no weights (evaluation/toyworld_metrics.py)
 =======================================  ====  ======================================================
+
+``toyworld`` (prompt accuracy, motion accuracy, consistency with frame 0, smoothness, frame-0 PSNR) needs a prompt in
+the toy world's grammar and is skipped, with the reason recorded, for any other prompt.
 
 Command line: ``python -m evaluation.evaluate PATH [--force] [--metrics text_sim,warping_error] [--device cuda]``;
 PATH is a run directory (has ``run.json``) or a sweep folder.
@@ -65,10 +69,21 @@ from evaluation.protocols import FeatureExtractor, FlowEstimator, ImageTextEncod
 from evaluation.runs import find_runs, run_status  # noqa: F401 - find_runs is part of this module's API
 from evaluation.stats import summarize_rows
 from evaluation.style import style_dist_per_frame
+from evaluation.toyworld import parse_caption
+from evaluation.toyworld_metrics import score_video
 
 log = logging.getLogger(__name__)
 
-ALL_METRICS = ("text_sim", "domain_sim", "style_dist", "warping_error", "motion", "frame_consistency", "first_frame")
+ALL_METRICS = (
+    "text_sim",
+    "domain_sim",
+    "style_dist",
+    "warping_error",
+    "motion",
+    "frame_consistency",
+    "first_frame",
+    "toyworld",
+)
 NETWORK_OF = {
     "text_sim": "clip",
     "domain_sim": "clip",
@@ -77,6 +92,7 @@ NETWORK_OF = {
     "warping_error": "flow",
     "motion": "flow",
     "first_frame": "lpips",
+    "toyworld": None,  # analytic: no network
 }
 STYLE_VARIANTS = {"gram_relu": ("relu", "gram"), "gram_conv": ("conv", "gram"), "meanstd": ("relu", "meanstd")}
 VIDEO_FILES = ("video.mp4", "video.gif", "video.webm")
@@ -249,6 +265,8 @@ def compute_metrics(
         skipped.update({m: "no reference image" for m in ("domain_sim", "style_dist") if m in metrics})
     if image is None and "first_frame" in metrics:
         skipped["first_frame"] = "no image.png"
+    if "toyworld" in metrics and (prompt is None or parse_caption(prompt) is None):
+        skipped["toyworld"] = "prompt outside the toy-world grammar"
     todo = [m for m in metrics if m not in skipped]
 
     if {"text_sim", "domain_sim", "frame_consistency"} & set(todo):
@@ -284,6 +302,8 @@ def compute_metrics(
     if "first_frame" in todo:
         fidelity = first_frame_fidelity(frames, image, networks.lpips)
         values.update({f"first_frame_{k}": v for k, v in fidelity.items()})
+    if "toyworld" in todo:
+        values.update(score_video(frames, prompt, image))  # image.png = the step-1 picture frame 0 should keep
     return values, per_frame, skipped
 
 
@@ -307,7 +327,7 @@ def evaluate_run(
     references = torch.cat([read_image(p) for p in ref_paths]) if ref_paths else None
     prompt = run.get("prompt")
 
-    needed = {NETWORK_OF[m] for m in selected}
+    needed = {NETWORK_OF[m] for m in selected} - {None}
     networks = networks or Networks()
     injected = sorted(n for n in needed if getattr(networks, n) is not None)
     nets = networks.resolve(needed, config)

@@ -150,6 +150,15 @@ EXPERIMENTS = {
     "t2v_table": ({"animatediff": Controls.animatediff(), "animatezero": Controls.paper()}, "t2v_bench"),
     "ablation_fig6": ({f"ablation{i}": Controls.ablation(i) for i in range(1, 6)}, "gallery"),
     "ablation_window": ({f"window{w}": Controls(window_size=w) for w in (2, 4, 8, 16)}, "gallery"),
+    "toyworld_ablation": (
+        {
+            **{f"ablation{k}": Controls.ablation(k) for k in range(1, 6)},
+            **{f"window{w}": Controls(window_size=w) for w in (2, 4, 8, 16)},
+            **{f"kv_0-{p}": Controls(kv_steps=(0.0, p / 100)) for p in (25, 50, 75)},
+            **{f"insert_0-{p}": Controls(insert_steps=(0.0, p / 100)) for p in (25, 50, 75)},
+        },
+        "toyworld_eval",
+    ),
     "ablation_position_correction": (
         {
             "no_window": Controls.ablation(3),
