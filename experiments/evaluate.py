@@ -2,6 +2,7 @@
 
     python -m experiments.evaluate run_dir=outputs/sweeps/t2v_table
     python -m experiments.evaluate run_dir=outputs/generate/2026-11-22/10-00-00-000000 metrics=first_frame
+    python -m experiments.evaluate run_dir=outputs/sweeps/toyworld_ablation metrics=toyworld  # no weights needed
 
 Writes metrics.json per run; for a sweep also metrics.csv and metrics_summary.json (mean and 95% CI per
 configuration). Then ``python scripts/make_tables.py <sweep_dir>`` renders the paper's tables.
