@@ -5,8 +5,10 @@ Every toy-world clip shows one flat-coloured object on a plain background, so th
 * **Detection** (:func:`detect`), per frame: the background is the median colour of the frame's 1-pixel border
   (or a given background name); foreground = pixels farther than ``FG_THRESHOLD`` (RGB Euclidean) from it; the
   object = the largest 8-connected foreground component. Its **color** class is the palette colour nearest to the
-  component's median colour; its **shape** class is the shape whose ideal mask (the world's own geometry, placed at
-  the component's centroid with the component's area) overlaps it best (IoU); **centroid** and **area** in pixels.
+  component's median colour; **area** and **centroid** (pixels) are the sum and the mean position of the per-pixel
+  coverage of that colour over the background (sub-pixel exact on anti-aliased frames); its **shape** class is the
+  shape whose ideal mask (the world's own geometry, placed at that centroid with that area) overlaps the coverage
+  >= 0.5 mask best, if that IoU is at least ``SHAPE_MIN_IOU`` (else none: a blob is no shape).
   No object is found when that component is smaller than ``MIN_AREA`` pixels or covers more than ``MAX_AREA_FRAC``
   of the frame (noise, a blank frame, a frame that is all "object").
 * **Text-to-image prompt accuracy** (:func:`prompt_accuracy`) on one image: color, shape and background class equal
@@ -45,6 +47,7 @@ from evaluation import toyworld as tw
 FG_THRESHOLD = 0.3  # RGB distance from the background above which a pixel is foreground (palette gaps are >= 0.87)
 MIN_AREA = 8.0  # pixels (at 64x64): a smaller largest component is "no object"
 MAX_AREA_FRAC = 0.5  # a component covering more of the frame is not an object of this world
+SHAPE_MIN_IOU = 0.5  # a component overlapping every ideal shape less than this has no shape class (rendered: > 0.8)
 STATIC_FRACTION = 0.25  # motion below a quarter of the world's travel / growth is "static"
 PSNR_CAP_DB = 100.0
 STATIC = "static"
@@ -92,13 +95,22 @@ def _border_colour(video: Tensor) -> Tensor:
     return border.median(dim=2).values
 
 
+def _max3x3(x: Tensor) -> Tensor:
+    """Maximum over each pixel's 3x3 neighbourhood of non-negative ``x [f, H, W]`` (zero outside the frame); four
+    elementwise maxima, much cheaper on a CPU than ``max_pool2d``."""
+    p = F.pad(x, (1, 1, 1, 1))  # [f, H + 2, W + 2]
+    rows = torch.maximum(torch.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])  # [f, H, W + 2]
+    return torch.maximum(torch.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+
+
 def _largest_component(mask: Tensor) -> Tensor:
-    """Largest 8-connected component of each bool mask ``[f, H, W]`` (label propagation by max-pooling)."""
+    """Largest 8-connected component of each bool mask ``[f, H, W]`` (each pixel takes the largest pixel id of its
+    component by repeated 3x3 maxima within the mask)."""
     f, h, w = mask.shape
     ids = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, h, w).expand(f, h, w)
     labels = torch.where(mask, ids, torch.zeros(()))
     for _ in range(h * w):
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * mask
+        grown = _max3x3(labels) * mask
         if torch.equal(grown, labels):
             break
         labels = grown
@@ -155,7 +167,7 @@ def detect_video(video: Tensor, background: str | None = None) -> list[Detection
         torch.einsum("fchw,fc->fhw", video - bg[:, :, None, None], span)
         / span.square().sum(1).clamp_min(1e-6)[:, None, None]
     )
-    rim = F.max_pool2d(obj[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+    rim = _max3x3(obj.float()) > 0
     alpha = alpha.clamp(0, 1) * rim  # [f, H, W]
     area = alpha.sum(dim=(1, 2))  # [f]
     cols = torch.arange(w, dtype=torch.float32) + 0.5
@@ -175,11 +187,12 @@ def detect_video(video: Tensor, background: str | None = None) -> list[Detection
             out.append(Detection(False, background=bg_names[k]))
             continue
         best = int(iou[k].argmax())
+        shape = tw.SHAPES[best] if iou[k, best] >= SHAPE_MIN_IOU else None
         out.append(
             Detection(
                 True,
                 color=_nearest(colour[k : k + 1], tw.COLORS)[0],
-                shape=tw.SHAPES[best],
+                shape=shape,
                 background=bg_names[k],
                 x=float(xs[k]),
                 y=float(ys[k]),

@@ -152,6 +152,10 @@ def test_wrong_caption_static_clip_and_noise_score_as_wrong():
     assert scores["toyworld_found"] == 0.0
     for key in ("color_acc", "shape_acc", "prompt_acc", "motion_acc", "consistency"):
         assert scores[f"toyworld_{key}"] == 0.0, key
+    bar = torch.zeros(3, tw.SIZE, tw.SIZE)
+    bar[0, 30:34, 10:50] = 1.0  # a red bar is an object of no shape of this world
+    d = twm.detect(bar)
+    assert d.found and d.color == "red" and d.shape is None and d.area == 160.0
     blank = torch.zeros(3, tw.SIZE, tw.SIZE)
     assert not twm.detect(blank).found and twm.detect(blank).background == "black"
 
