@@ -181,7 +181,7 @@ class AnimateZeroPipeline:
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
         references ``org/repo/file`` (downloaded on first use)."""
         from animatezero.hub import resolve_all
-        from models.checkpoint import load_motion_lora, load_motion_module, load_sd15
+        from models.loading import load_motion_lora, load_motion_module, load_sd15
         from models.tokenizer import CLIPTokenizer
 
         # every file found first (offline: one error naming all that are missing), then loaded

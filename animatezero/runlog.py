@@ -178,8 +178,8 @@ def checkpoint_sha256(
 ) -> str:
     """SHA-256 of a checkpoint file, remembered in ``cache_dir/sha256.json`` by (real path, size, mtime), so a
     4 GB file is hashed once and not on every run. With ``validate`` the file is first checked as a checkpoint
-    (:func:`models.checkpoint.check_checkpoint_file`); without, only as a regular file (a download's bytes)."""
-    from models.checkpoint import check_checkpoint_file, file_sha256
+    (:func:`models.readers.check_checkpoint_file`); without, only as a regular file (a download's bytes)."""
+    from models.readers import check_checkpoint_file, file_sha256
 
     if validate:  # type, size and header first: a FIFO, /dev/zero or a directory is never hashed
         check_checkpoint_file(path)

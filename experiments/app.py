@@ -38,7 +38,7 @@ from animatezero.pipeline import AnimateZeroPipeline, new_seed
 from animatezero.results import ImageResult, VideoResult
 from animatezero.runlog import OutputDirError, OutputPathError, RunRecord, environment, prepare_run_dir
 from experiments import common
-from models.checkpoint import CheckpointError
+from models.readers import CheckpointError
 
 # What a user can get wrong (shown in the page as one message); anything else is a bug, logged with its traceback.
 USER_ERRORS = (DownloadError, CheckpointError, OutputDirError, OutputPathError, FileNotFoundError, ValueError)

@@ -207,7 +207,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ("animatezero.io", "OutputDirError"),
         ("animatezero.runlog", "OutputDirError"),
         ("animatezero.runlog", "OutputPathError"),
-        ("models.checkpoint", "CheckpointError"),
+        ("models.readers", "CheckpointError"),
         ("evaluation.extractors", "EvaluatorUnavailable"),
     )
     for module, name in named:

@@ -41,13 +41,15 @@ class PositionalEncoding(nn.Module):
     """Sinusoidal frame positions of a motion-module attention block (checkpoint key ``pos_encoder.pe``).
 
     ``pe`` is recomputed from the formula and not persistent: the official loader also ignores the stored copy, which
-    equals the formula (our loader checks that before dropping it).
+    equals the formula (our loader checks that before dropping it). The small table is always computed on the CPU,
+    also under a ``torch.device("meta")`` block (a model built on meta then has a real table, which ``.to()`` moves).
     """
 
     def __init__(self, dim: int, max_positions: int):
         super().__init__()
         self.max_positions = max_positions
-        self.register_buffer("pe", sinusoidal_positions(torch.arange(max_positions), dim)[None], persistent=False)
+        positions = torch.arange(max_positions, device="cpu")
+        self.register_buffer("pe", sinusoidal_positions(positions, dim)[None], persistent=False)  # [1, L, dim]
 
     def check(self, num_positions: int) -> None:
         """Raise a clear error if positions ``0..num_positions-1`` do not fit the table (a Python-int check, so it
@@ -55,7 +57,7 @@ class PositionalEncoding(nn.Module):
         if num_positions > self.max_positions:
             raise ValueError(
                 f"frame position {num_positions - 1} is beyond this motion module's {self.max_positions} positions; "
-                f"use at most {self.max_positions} frames or sliding windows"
+                f"use at most {self.max_positions} frames per pass"
             )
 
     def forward(self, positions: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from models.attention import Attention
 from models.config import MotionConfig
-from models.unet import FeedForward
+from models.layers import FeedForward
 
 
 class TemporalTransformerBlock(nn.Module):
@@ -105,6 +105,15 @@ _LORA_KEY = re.compile(
 )
 
 
+def parse_motion_lora_key(key: str) -> tuple[str, str] | None:
+    """``(target weight name, "down" | "up")`` for a MotionLoRA key, None if ``key`` is not one. ``to_out`` targets
+    the ``to_out.0`` linear layer (the one MotionLoRA key parser; the loader and :func:`merge_motion_lora` share it)."""
+    m = _LORA_KEY.fullmatch(key)
+    if m is None:
+        return None
+    return m["block"] + ("to_out.0" if m["proj"] == "to_out" else m["proj"]) + ".weight", m["side"]
+
+
 @torch.no_grad()
 def merge_motion_lora(motion: MotionModules, lora_sd: dict[str, Tensor], alpha: float = 1.0) -> list[str]:
     """Merge an AnimateDiff MotionLoRA into ``motion`` in place: ``W += alpha * up @ down`` (in fp32).
@@ -116,11 +125,11 @@ def merge_motion_lora(motion: MotionModules, lora_sd: dict[str, Tensor], alpha: 
     """
     pairs: dict[str, dict[str, Tensor]] = {}
     for key, value in lora_sd.items():
-        m = _LORA_KEY.fullmatch(key)
-        if m is None:
+        parsed = parse_motion_lora_key(key)
+        if parsed is None:
             raise ValueError(f"not a MotionLoRA key: {key!r}")
-        target = m["block"] + ("to_out.0" if m["proj"] == "to_out" else m["proj"]) + ".weight"
-        pairs.setdefault(target, {})[m["side"]] = value
+        target, side = parsed
+        pairs.setdefault(target, {})[side] = value
 
     params = dict(motion.named_parameters())
     for target, pair in pairs.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,7 @@ from torch import Tensor, nn
 
 from models.attention import Attention
 from models.config import UNetConfig
-
-if TYPE_CHECKING:
-    from models.motion_module import MotionModules
+from models.layers import FeedForward
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -102,29 +99,6 @@ class Upsample(nn.Module):
         """``size``: the skip connection's spatial size, for latents whose sides are not multiples of 8 (as diffusers'
         ``upsample_size``); otherwise exactly x2."""
         return self.conv(F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest"))
-
-
-class GEGLU(nn.Module):
-    """``h * gelu(g)`` with ``[h, g] = proj(x)`` and the exact (erf) GELU."""
-
-    def __init__(self, dim: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """SD/AnimateDiff feed-forward: ``net = [GEGLU(C -> 4C), Dropout, Linear(4C -> C)]``."""
-
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -229,7 +203,7 @@ def motion_slots(cfg: UNetConfig) -> dict[str, tuple[str, int]]:
 MOTION_SLOTS: dict[str, tuple[str, int]] = motion_slots(UNetConfig())
 
 
-def motion_module_at(motion: MotionModules, path: str) -> nn.Module | None:
+def motion_module_at(motion: nn.Module, path: str) -> nn.Module | None:
     """The motion module at ``path`` (e.g. ``down_blocks.0.motion_modules.1``), None where the tree has no such slot
     (v1/v3 have no ``mid_block``)."""
     if path.startswith("mid_block.") and motion.mid_block is None:
@@ -289,9 +263,9 @@ class UNetModel(nn.Module):
         # UNet block -> (child index, motion-module path); see motion_slots
         self.motion_slots = {block: (index, path) for path, (block, index) in motion_slots(cfg).items()}
 
-    def check_motion(self, motion: MotionModules, num_frames: int) -> None:
-        """Raise a ValueError if ``motion`` does not fit this UNet, or if ``num_frames`` exceeds its position table
-        while some temporal attention still runs the default processor (which would index past the table)."""
+    def check_motion(self, motion: nn.Module) -> None:
+        """Raise a ValueError if the motion modules' widths do not fit this UNet. (A clip longer than their position
+        table is refused by the temporal attention itself, which reads the table.)"""
         mcfg, cfg = motion.config, self.config
         if tuple(mcfg.block_channels) != tuple(cfg.block_channels) or mcfg.layers_per_block != cfg.num_res_blocks:
             raise ValueError(
@@ -299,19 +273,9 @@ class UNetModel(nn.Module):
                 f"block) do not match the UNet (block_channels {tuple(cfg.block_channels)}, "
                 f"{cfg.num_res_blocks} res blocks per level)"
             )
-        if num_frames > mcfg.max_positions:
-            # only layers with the default processor read the position table; sliding-window processors choose
-            # positions < max_positions themselves
-            default = [n for n, m in motion.named_modules() if isinstance(m, Attention) and m.processor is None]
-            if default:
-                raise ValueError(
-                    f"{num_frames} frames exceed the motion modules' {mcfg.max_positions} positions "
-                    f"(AnimateDiff v{mcfg.version}; e.g. {default[0]} uses the default processor); generate at most "
-                    f"{mcfg.max_positions} frames per pass or use sliding windows"
-                )
 
     def forward(
-        self, x: Tensor, timesteps: Tensor | float, context: Tensor, motion: MotionModules | None = None
+        self, x: Tensor, timesteps: Tensor | float, context: Tensor, motion: nn.Module | None = None
     ) -> Tensor:
         """Predict the noise.
 
@@ -327,7 +291,7 @@ class UNetModel(nn.Module):
         if motion is not None:
             if not video:
                 raise ValueError("motion modules need a video input [b, c, f, h, w]")
-            self.check_motion(motion, f)
+            self.check_motion(motion)
         if video:
             x = rearrange(x, "b c f h w -> (b f) c h w")
 

@@ -40,7 +40,7 @@ def download(ref: str, dest: Path, revision: str | None = None, sha256: str | No
     """One hub file ``org/repo/path[@rev]`` -> ``dest/<file name>``; raises when the SHA-256 does not match."""
     from huggingface_hub import hf_hub_download
 
-    from models.checkpoint import file_sha256
+    from models.readers import file_sha256
 
     parsed = parse_hub_reference(ref)
     if parsed is None:

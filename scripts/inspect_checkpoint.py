@@ -20,28 +20,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import (  # noqa: E402
+from models.config_from_keys import infer_clip_config, infer_motion_config, infer_unet_config, infer_vae_config  # noqa: E402
+from models.families import (  # noqa: E402
     CLIP_PREFIX,
-    IGNORED_KEYS,
     UNET_PREFIX,
     VAE_PREFIX,
-    CheckpointError,
-    build_on_meta,
-    clip_component,
     detect_family,
     detect_motion_version,
     family_advice,
-    file_sha256,
-    infer_clip_config,
-    infer_motion_config,
-    infer_unet_config,
-    infer_vae_config,
-    is_ignored,
-    key_diff,
     motion_keys,
-    read_shapes,
-    split_prefix,
 )
+from models.loading import IGNORED_KEYS, build_on_meta, clip_component, is_ignored, key_diff, split_prefix  # noqa: E402
+from models.readers import CheckpointError, file_sha256, read_shapes  # noqa: E402
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -14,20 +14,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.checkpoint import (
+from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+from models.loading import load_motion_lora, load_motion_module, load_sd15, load_vae
+from models.readers import (
     CheckpointError,
     CorruptCheckpointError,
     KeyMismatchError,
     UnsafeCheckpointError,
     WrongFamilyError,
     check_safetensors_header,
-    load_motion_lora,
-    load_motion_module,
-    load_sd15,
-    load_vae,
     read_state_dict,
 )
-from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
 from models.synthetic import (
     UNET_PREFIX,
     motion_layout,

@@ -4,11 +4,10 @@ CHECKPOINTS.md §3 rules). Full-size modules are built on the meta device: no we
 from __future__ import annotations
 
 import pytest
-import torch
 
-from models.checkpoint import build_on_meta, skip_init_on_meta
 from models.clip_text import CLIPTextModel
 from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+from models.loading import build_on_meta
 from models.motion_module import MotionModules
 from models.synthetic import (
     CLIP_PREFIX,
@@ -28,8 +27,7 @@ from models.vae import AutoencoderKL
 
 
 def meta_shapes(factory) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"), skip_init_on_meta():
-        module = factory()
+    module = build_on_meta(factory)
     sd = module.state_dict()
     assert all(t.is_meta for t in sd.values()), "full-size layout tests must not allocate weights"
     return {k: tuple(v.shape) for k, v in sd.items()}

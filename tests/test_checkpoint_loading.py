@@ -17,20 +17,10 @@ import pytest
 import torch
 
 from models.attention import sinusoidal_positions
-from models.checkpoint import (
-    CLIP_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
-    detect_family,
-    detect_motion_version,
-    file_sha256,
-    load_motion_lora,
-    load_motion_module,
-    load_sd15,
-    load_vae,
-    read_state_dict,
-)
 from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+from models.families import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, detect_family, detect_motion_version
+from models.loading import load_motion_lora, load_motion_module, load_sd15, load_vae
+from models.readers import file_sha256, read_state_dict
 from models.synthetic import (
     ema_key,
     motion_layout,

@@ -267,7 +267,7 @@ def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path, mon
 
 
 def test_make_tiny_checkpoints_load(tmp_path):
-    from models.checkpoint import load_motion_module, load_sd15
+    from models.loading import load_motion_module, load_sd15
 
     assert load_script("make_tiny_checkpoints").main(["--out", str(tmp_path), "--versions", "3"]) == 0
     unet, _, _ = load_sd15(tmp_path / "tiny_sd15.safetensors")

@@ -23,15 +23,9 @@ from PIL import Image
 from animatezero.io import MAX_IMAGE_PIXELS, ImageInputError, load_image
 from animatezero.pipeline import fit_image
 from animatezero.runlog import checkpoint_sha256
-from models.checkpoint import (
-    CheckpointError,
-    CorruptCheckpointError,
-    check_checkpoint_file,
-    file_sha256,
-    load_motion_module,
-    read_state_dict,
-)
 from models.config import MotionConfig
+from models.loading import load_motion_module
+from models.readers import CheckpointError, CorruptCheckpointError, check_checkpoint_file, file_sha256, read_state_dict
 from models.synthetic import write_motion_module
 
 
@@ -79,7 +73,7 @@ def test_huge_sparse_file_is_refused_from_its_header_without_hashing(tmp_path, m
     sparse = tmp_path / "big.safetensors"
     with open(sparse, "wb") as f:
         f.truncate(3 << 30)  # 3 GB of holes: costs no disk, but hashing it would read 3 GB
-    import models.checkpoint as ckpt
+    import models.readers as ckpt
 
     monkeypatch.setattr(ckpt, "file_sha256", lambda *a: pytest.fail("hashed before the header was checked"))
     with pytest.raises(CorruptCheckpointError, match="safetensors header"):
