@@ -3,7 +3,7 @@
 Mirrors guoyww/AnimateDiff ``animatediff/models/motion_module.py`` (``VanillaTemporalModule`` ->
 ``TemporalTransformer3DModel`` -> ``TemporalTransformerBlock`` -> ``VersatileAttention``) on the SD1.5 main branch.
 The tree (:class:`MotionModules`: ``down_blocks.{i}`` / ``mid_block`` (v2) / ``up_blocks.{i}`` -> ``motion_modules.{j}``)
-is separate from the LDM-named UNet; ``models.unet.MOTION_SLOTS`` says where each module runs.
+is separate from the LDM-named UNet; ``models.unet.motion_slots`` says where each module runs.
 Computation: CHECKPOINTS.md §2.3. Key names: §2.2. MotionLoRA: §2.6.
 """
 

@@ -8,7 +8,7 @@ sit in the slots the checkpoint indexes (``in_layers.1``, ``out_layers.2``, ``ff
 
 Video: a 5-D input ``[b, c, f, h, w]`` runs every spatial layer per frame on ``[(b f), c, h, w]``; the AnimateDiff
 motion modules (a separate tree, ``models/motion_module.py``, named like its own checkpoint) run at the places listed
-in :data:`MOTION_SLOTS` (AnimateDiff ``animatediff/models/unet_blocks.py``; CHECKPOINTS.md §2.4).
+in :func:`motion_slots` (AnimateDiff ``animatediff/models/unet_blocks.py``; CHECKPOINTS.md §2.4).
 """
 
 from __future__ import annotations
@@ -177,6 +177,9 @@ def motion_slots(cfg: UNetConfig) -> dict[str, tuple[str, int]]:
     Down level i, layer j: at the end of ``input_blocks[3i+j+1]`` (after its ResBlock and SpatialTransformer).
     Mid (v2 only): between ``middle_block.1`` (ST) and ``middle_block.2`` (ResBlock).
     Up level i, layer j: after the ResBlock/ST of ``output_blocks[3i+j]``, before that block's Upsample.
+    (Block numbers for SD1.5's two ResBlocks per level. There: down -> input_blocks 1,2,4,5,7,8 at index 2 and 10,11
+    at index 1; up_blocks.0 -> output_blocks 0-2 at index 1, before output_blocks.2.1's upsample; up_blocks.1-3 ->
+    output_blocks 3-11 at index 2.)
     """
     slots: dict[str, tuple[str, int]] = {}
     levels = len(cfg.channel_mult)
@@ -195,12 +198,6 @@ def motion_slots(cfg: UNetConfig) -> dict[str, tuple[str, int]]:
             slots[f"up_blocks.{i}.motion_modules.{j}"] = (f"output_blocks.{n}", content)
             n += 1
     return slots
-
-
-# SD1.5: down -> input_blocks 1,2,4,5,7,8 (end, index 2), 10,11 (end, index 1); mid -> middle_block before index 2;
-# up_blocks.0 -> output_blocks 0-2 at index 1 (before output_blocks.2.1 upsample); up_blocks.1-3 -> output_blocks 3-11
-# at index 2 (before the upsample in 5 and 8).
-MOTION_SLOTS: dict[str, tuple[str, int]] = motion_slots(UNetConfig())
 
 
 def motion_module_at(motion: nn.Module, path: str) -> nn.Module | None:
