@@ -1,9 +1,9 @@
 """DDIM (Song et al. 2021, eq. 12) with AnimateDiff's noise schedule, as a pure function over a denoiser.
 
-The schedule is AnimateDiff's (CHECKPOINTS.md §2.8): 1000 training steps, *linear* betas 0.00085..0.012 (not SD's
+The schedule is AnimateDiff's (docs/checkpoints.md §2.8): 1000 training steps, *linear* betas 0.00085..0.012 (not SD's
 scaled-linear), "leading" timestep spacing with ``steps_offset`` 1 (25 steps -> 961, 921, ..., 41, 1), and
 ``set_alpha_to_one`` (the last step goes to alpha_bar = 1). This equals diffusers' ``DDIMScheduler`` with those
-settings (CHECKPOINTS.md §4.2).
+settings (docs/checkpoints.md §4.2).
 
 The sampler is stateless: ``ddim_sample(denoise, x, schedule, steps, ...)`` calls ``denoise(x, t) -> eps`` once per
 step and ``callback(StepInfo)`` after it, in the k-diffusion style; recording a trajectory is a callback.

@@ -16,7 +16,7 @@ def cfg_denoiser(model: NoisePredictor, cond: Tensor, uncond: Tensor, scale: flo
     """Return ``denoise(x, t) = u + scale * (c - u)``.
 
     The model sees one batch ordered **[uncond, cond]** along dim 0 (as the original AnimateDiff and diffusers do,
-    CHECKPOINTS.md §2.8), so batch-dependent attention processors can tell the halves apart. With ``scale == 1`` only
+    docs/checkpoints.md §2.8), so batch-dependent attention processors can tell the halves apart. With ``scale == 1`` only
     the conditional branch runs.
     """
     if scale == 1.0:

@@ -309,7 +309,7 @@ def load_sd15(
 
     known = (UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX)
     stray = [k for k in sd if not k.startswith(known) and not is_ignored(k)]
-    if stray:  # CHECKPOINTS.md §1.1: keys outside the three components are not model weights; say so, never silently
+    if stray:  # docs/checkpoints.md §1.1: keys outside the three components are not weights; say so, never silently
         warnings.warn(
             f"{path}: ignoring {len(stray)} keys outside the UNet/VAE/text-encoder prefixes (not model weights):\n"
             + key_diff([], stray),

@@ -4,7 +4,7 @@ Mirrors guoyww/AnimateDiff ``animatediff/models/motion_module.py`` (``VanillaTem
 ``TemporalTransformer3DModel`` -> ``TemporalTransformerBlock`` -> ``VersatileAttention``) on the SD1.5 main branch.
 The tree (:class:`MotionModules`: ``down_blocks.{i}`` / ``mid_block`` (v2) / ``up_blocks.{i}`` -> ``motion_modules.{j}``)
 is separate from the LDM-named UNet; ``models.unet.motion_slots`` says where each module runs.
-Computation: CHECKPOINTS.md §2.3. Key names: §2.2. MotionLoRA: §2.6.
+Computation: docs/checkpoints.md §2.3. Key names: §2.2. MotionLoRA: §2.6.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def merge_motion_lora(motion: MotionModules, lora_sd: dict[str, Tensor], alpha: 
 
     Keys: ``<module>.temporal_transformer.transformer_blocks.0.attention_blocks.{a}.processor.{to_q,to_k,to_v,
     to_out}_lora.{down,up}.weight`` with down ``[r, in]`` and up ``[out, r]``; ``to_out`` targets ``to_out.0``.
-    No rank/alpha rescaling (AnimateDiff ``convert_motion_lora_ckpt_to_diffusers``; CHECKPOINTS.md §2.6).
+    No rank/alpha rescaling (AnimateDiff ``convert_motion_lora_ckpt_to_diffusers``; docs/checkpoints.md §2.6).
     Everything is validated before any weight changes. Returns the names of the merged weights.
     """
     pairs: dict[str, dict[str, Tensor]] = {}

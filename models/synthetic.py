@@ -1,6 +1,6 @@
 """Synthetic checkpoints with the real SD1.5 / AnimateDiff keys and shapes, for tests and tools.
 
-The layouts are written from the key rules in ``shared/design/CHECKPOINTS.md`` §3 (the original ``ldm`` and
+The layouts are written from the key rules in docs/checkpoints.md §3 (the original ``ldm`` and
 AnimateDiff naming), **not** derived from the modules in ``models/``: they are the independent spec our modules are
 tested against. A layout is an ordered ``{key: shape}`` dict; :func:`random_state_dict` fills it deterministically
 (each key's values depend only on ``seed`` and the key, so a layout and its sub-layouts agree) and
@@ -77,7 +77,7 @@ def _conv(out: Layout, p: str, cout: int, cin: int, k: int) -> None:
 
 # --------------------------------------------------------------------------------------------------- SD1.5 UNet
 def unet_layout(cfg: UNetConfig = SD15_UNET, prefix: str = UNET_PREFIX) -> Layout:
-    """``model.diffusion_model.*`` keys of the CompVis ``UNetModel`` (CHECKPOINTS §1.3 / §3 ``SD15_UNET``)."""
+    """``model.diffusion_model.*`` keys of the CompVis ``UNetModel`` (docs/checkpoints.md §1.3, §3)."""
     out: Layout = {}
     temb = cfg.model_channels * 4
     ctx = cfg.context_dim
@@ -149,7 +149,7 @@ def unet_layout(cfg: UNetConfig = SD15_UNET, prefix: str = UNET_PREFIX) -> Layou
 
 # ---------------------------------------------------------------------------------------------------- SD1.5 VAE
 def vae_layout(cfg: VAEConfig = SD15_VAE, prefix: str = VAE_PREFIX) -> Layout:
-    """``first_stage_model.*`` keys of the CompVis ``AutoencoderKL`` (CHECKPOINTS §1.4 / §3 ``SD15_VAE``)."""
+    """``first_stage_model.*`` keys of the CompVis ``AutoencoderKL`` (docs/checkpoints.md §1.4, §3)."""
     out: Layout = {}
     ch = cfg.block_channels
     top, z = ch[-1], cfg.z_channels
@@ -198,7 +198,7 @@ def vae_layout(cfg: VAEConfig = SD15_VAE, prefix: str = VAE_PREFIX) -> Layout:
 
 # --------------------------------------------------------------------------------------------------- SD1.5 CLIP
 def clip_layout(cfg: CLIPTextConfig = SD15_CLIP, prefix: str = CLIP_PREFIX, *, position_ids: bool = True) -> Layout:
-    """``cond_stage_model.transformer.text_model.*`` keys of the HF ``CLIPTextModel`` (CHECKPOINTS §1.5)."""
+    """``cond_stage_model.transformer.text_model.*`` keys of the HF ``CLIPTextModel`` (docs/checkpoints.md §1.5)."""
     out: Layout = {}
     w = cfg.width
     out["embeddings.token_embedding.weight"] = (cfg.vocab_size, w)
@@ -264,7 +264,7 @@ def motion_module_prefixes(cfg: MotionConfig) -> list[tuple[str, int]]:
 
 
 def motion_layout(cfg: MotionConfig = MOTION_V2, *, pe: bool = True) -> Layout:
-    """Keys of an AnimateDiff motion-module file (``mm_sd_v15*.ckpt``, ``v3_sd15_mm.ckpt``; CHECKPOINTS §2.2).
+    """Keys of an AnimateDiff motion-module file (``mm_sd_v15*.ckpt``, ``v3_sd15_mm.ckpt``; docs/checkpoints.md §2.2).
 
     ``pe=True`` includes the two ``pos_encoder.pe`` ``[1, max_positions, C]`` buffers per module, as the released
     files do. Full size: v1/v3 560 tensors, v2 588 (520 / 546 without ``pe``).
@@ -290,7 +290,7 @@ def motion_layout(cfg: MotionConfig = MOTION_V2, *, pe: bool = True) -> Layout:
 
 
 def motion_lora_layout(cfg: MotionConfig = MOTION_V2, rank: int = 64) -> Layout:
-    """Keys of a MotionLoRA (``v2_lora_*.ckpt``, CHECKPOINTS §2.6) for the modules of ``cfg``: ``down [r, C]``,
+    """Keys of a MotionLoRA (``v2_lora_*.ckpt``, docs/checkpoints.md §2.6) for the modules of ``cfg``: ``down [r, C]``,
     ``up [C, r]`` per attention projection. On the full v2 tree with r=64: 336 tensors, 19,333,120 params."""
     out: Layout = {}
     for p, c in motion_module_prefixes(cfg):

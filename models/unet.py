@@ -8,7 +8,7 @@ sit in the slots the checkpoint indexes (``in_layers.1``, ``out_layers.2``, ``ff
 
 Video: a 5-D input ``[b, c, f, h, w]`` runs every spatial layer per frame on ``[(b f), c, h, w]``; the AnimateDiff
 motion modules (a separate tree, ``models/motion_module.py``, named like its own checkpoint) run at the places listed
-in :func:`motion_slots` (AnimateDiff ``animatediff/models/unet_blocks.py``; CHECKPOINTS.md §2.4).
+in :func:`motion_slots` (AnimateDiff ``animatediff/models/unet_blocks.py``; docs/checkpoints.md §2.4).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class GroupNorm32(nn.GroupNorm):
     """LDM ``GroupNorm32``: group norm computed in fp32 and cast back (ResBlocks and the final ``out.0``).
 
     With ``num_frames``, the input ``[(b f), c, h, w]`` is normalised with statistics shared by all frames of each
-    video (AnimateDiff v1's non-inflated GroupNorm applied to ``[b, c, f, h, w]``, CHECKPOINTS.md §2.5).
+    video (AnimateDiff v1's non-inflated GroupNorm applied to ``[b, c, f, h, w]``, docs/checkpoints.md §2.5).
     """
 
     def forward(self, x: Tensor, num_frames: int | None = None) -> Tensor:
@@ -271,9 +271,7 @@ class UNetModel(nn.Module):
                 f"{cfg.num_res_blocks} res blocks per level)"
             )
 
-    def forward(
-        self, x: Tensor, timesteps: Tensor | float, context: Tensor, motion: nn.Module | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, timesteps: Tensor | float, context: Tensor, motion: nn.Module | None = None) -> Tensor:
         """Predict the noise.
 
         x: image latents ``[b, c, h, w]`` or video latents ``[b, c, f, h, w]``; timesteps: scalar or ``[b]``;
