@@ -1,4 +1,4 @@
-"""Metrics for generated videos, on tensors and files only (see ``../shared/design/METRICS.md``).
+"""Metrics for generated videos, on tensors and files only (definitions: docs/metrics.md).
 
 Importing this package loads only torch and numpy; evaluator networks are built on first use by
 ``evaluation.extractors``. ``evaluation.evaluate`` reads run directories and writes ``metrics.json`` / ``metrics.csv``.

@@ -1,4 +1,4 @@
-"""CLIP cosine metrics (METRICS.md §3.1, §3.2, §3.5): Text-Sim, Domain-Sim and frame consistency.
+"""CLIP cosine metrics (docs/metrics.md §3.1, §3.2, §3.5): Text-Sim, Domain-Sim and frame consistency.
 
 Values are raw cosines in [-1, 1] (never clamped, never x100; x100 is a rendering choice). Each metric has a
 ``*_per_frame`` / ``*_per_pair`` form on embeddings, so a caller that needs both frame-0 variants encodes once,

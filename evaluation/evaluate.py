@@ -6,7 +6,7 @@ the run directory), ``image.png`` (the step-1 T2I image or the given image) and 
 :func:`evaluate_sweep` evaluates every run below a folder and writes ``metrics.csv`` (one row per run, with the
 run's config) and ``metrics_summary.json`` (mean and 95% bootstrap CI per metric). All writes are atomic.
 
-Metric keys (all per video; ``*_wo_f0`` is the same metric on ``frames[1:]``, METRICS.md §2 "Frame 0"):
+Metric keys (all per video; ``*_wo_f0`` is the same metric on ``frames[1:]``, docs/metrics.md §2 "Frame 0"):
 
 =======================================  ====  ======================================================
 ``text_sim``                              up   CLIP cos(prompt, frame), mean over frames
@@ -100,7 +100,7 @@ VIDEO_FILES = ("video.mp4", "video.gif", "video.webm")
 
 @dataclass
 class EvalConfig:
-    """Every free choice of METRICS.md that changes a number (recorded in each ``metrics.json``)."""
+    """Every free choice of the metric definitions (docs/metrics.md) that changes a number (recorded in each ``metrics.json``)."""
 
     device: str = "auto"  # "auto": cuda when available
     precision: str = "fp32"  # "fp16" allowed for CLIP on GPU

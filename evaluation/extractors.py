@@ -4,7 +4,7 @@ Wrappers (:class:`OpenClipEncoder`, :class:`RaftFlow`, :class:`VGGStyleFeatures`
 already-built network, so tests can hand them random-weight architectures. Loaders (:func:`clip_encoder`,
 :func:`raft_flow`, :func:`vgg19_style`, :func:`lpips_alex`) are the only code in ``evaluation/`` that reads weight
 files or downloads them, and only when first called (never at import). Weights live in the standard caches
-(METRICS.md §4): torchvision files in ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``), open_clip
+(docs/metrics.md §4): torchvision files in ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``), open_clip
 files in the Hugging Face cache (``$HF_HUB_CACHE``, default ``$HF_HOME/hub``, default ``~/.cache/huggingface``).
 
 Downloading is refused when ``HF_HUB_OFFLINE`` or ``ANIMATEZERO_EVAL_OFFLINE`` is set to 1 (or
@@ -55,7 +55,7 @@ def _normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor
 class OpenClipEncoder:
     """:class:`~evaluation.protocols.ImageTextEncoder` over an open_clip ``CLIP`` model and its tokenizer.
 
-    Image preprocessing is done on tensors (METRICS.md §3.1): bicubic antialiased resize of the short side to
+    Image preprocessing is done on tensors (docs/metrics.md §3.1): bicubic antialiased resize of the short side to
     ``image_size``, centre crop, CLIP mean/std. Embeddings come back as float32 on the CPU.
     """
 

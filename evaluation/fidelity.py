@@ -1,4 +1,4 @@
-"""First-frame fidelity (METRICS.md §3.6): PSNR, SSIM and LPIPS between the given image and frame 0.
+"""First-frame fidelity (docs/metrics.md §3.6): PSNR, SSIM and LPIPS between the given image and frame 0.
 
 This checks AnimateZero's claim that the video's first frame reproduces the T2I (or given) image. PSNR and SSIM
 need no weights; LPIPS takes an injected :class:`~evaluation.protocols.PerceptualDistance`.

@@ -1,4 +1,4 @@
-"""Flow-based metrics: warping error (METRICS.md §3.4) and motion amount (§3.6).
+"""Flow-based metrics: warping error (docs/metrics.md §3.4) and motion amount (§3.6).
 
 Warping error follows Lai et al. 2018 (``fast_blind_video_consistency``), as EvalCrafter does. For each pair
 (I_t, I_{t+1}) with forward flow f = Flow(I_t -> I_{t+1}) and backward flow b = Flow(I_{t+1} -> I_t):

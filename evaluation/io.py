@@ -1,6 +1,6 @@
 """Reading videos and images into the ``[F, 3, H, W]`` float [0, 1] convention, and writing PNG frames.
 
-Frames from a folder of PNGs are preferred (no codec loss, METRICS.md §2); mp4/webm/mov are decoded with PyAV,
+Frames from a folder of PNGs are preferred (no codec loss, docs/metrics.md §2); mp4/webm/mov are decoded with PyAV,
 GIFs with Pillow (which composites partial frames).
 """
 

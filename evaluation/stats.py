@@ -1,4 +1,4 @@
-"""Aggregation over videos (METRICS.md §2): macro average of per-video values plus a 95% bootstrap CI."""
+"""Aggregation over videos (docs/metrics.md §2): macro average of per-video values plus a 95% bootstrap CI."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Style-Dist (METRICS.md §3.3): Gatys-style Gram distance between each frame and the reference image(s).
+"""Style-Dist (docs/metrics.md §3.3): Gatys-style Gram distance between each frame and the reference image(s).
 
 For a layer with C channels and h x w positions, ``G = F F^T / (C h w)`` with F the ``C x hw`` feature matrix;
 ``d_l = mean((G_l(x) - G_l(r))^2)`` over the C x C entries; ``Style-Dist(x, r) = (1/L) sum_l d_l``. The video value
 is the mean over frames (and over references when K > 1). Which layers (post-ReLU ``relu{1..5}_1`` by default,
 or the conv layers before them) is the extractor's business; ``statistic="meanstd"`` swaps the Gram matrix for
-AdaIN-style per-channel mean/std, the third variant METRICS.md asks for.
+AdaIN-style per-channel mean/std, the third variant of docs/metrics.md §3.3.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :func:`as_video` and :func:`as_image` are the only places that accept other layouts (uint8 ``[F, H, W, 3]`` as
 decoders and ``imageio`` give them, numpy arrays, single images). The resize helpers are the fixed resize path of
-METRICS.md §2 (antialiased, as ``torchvision.transforms.functional.resize(antialias=True)`` does on tensors).
+docs/metrics.md §2 (antialiased, as ``torchvision.transforms.functional.resize(antialias=True)`` does on tensors).
 """
 
 from __future__ import annotations
