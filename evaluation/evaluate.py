@@ -100,7 +100,7 @@ VIDEO_FILES = ("video.mp4", "video.gif", "video.webm")
 
 @dataclass
 class EvalConfig:
-    """Every free choice of the metric definitions (docs/metrics.md) that changes a number (recorded in each ``metrics.json``)."""
+    """Every free choice in docs/metrics.md that changes a number (recorded in each ``metrics.json``)."""
 
     device: str = "auto"  # "auto": cuda when available
     precision: str = "fp32"  # "fp16" allowed for CLIP on GPU
