@@ -1,5 +1,5 @@
 """Helpers shared by ``scripts/benchmark.py`` and ``scripts/parity_full.py``: cached synthetic checkpoints and the
-diffusers/transformers oracle built offline from the same files (shared/design/CHECKPOINTS.md §4).
+diffusers/transformers oracle built offline from the same files (docs/checkpoints.md §4).
 
 * :func:`synthetic_checkpoints` writes (once, cached by path) an SD1.5 single file and a v2 motion module with
   random weights from ``models.synthetic`` at tiny or full (real SD1.5 / motion v2) size.
@@ -179,7 +179,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def write_tokenizer_files(out: Path) -> None:
-    """``vocab.json`` + ``merges.txt`` rebuilt from open_clip's ``bpe_simple_vocab_16e6.txt.gz`` (CHECKPOINTS §1.5):
+    """``vocab.json`` + ``merges.txt`` from open_clip's ``bpe_simple_vocab_16e6.txt.gz`` (docs/checkpoints.md §1.5):
     merges = lines[1 : 49152-256-2+1]; vocab = 256 byte symbols, the same with ``</w>``, the merged pairs, then the
     two specials (49408 entries)."""
     from models.tokenizer import default_bpe_path

@@ -312,7 +312,7 @@ def test_wrong_shape(tmp_path, tiny_sd):
 
 
 def test_stray_top_level_key_is_not_silently_ignored(tmp_path, tiny_sd):
-    """Keys outside the three components are not model weights (CHECKPOINTS.md §1.1): ignored, with a warning."""
+    """Keys outside the three components are not model weights (docs/checkpoints.md §1.1): ignored, with a warning."""
     sd = {**tiny_sd, "lvlb_weights_typo": _z(3)}
     with pytest.warns(
         UserWarning, match="(?s)ignoring 1 keys outside the UNet/VAE/text-encoder prefixes.*lvlb_weights"

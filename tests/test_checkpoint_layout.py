@@ -1,5 +1,5 @@
 """Our modules' state-dict keys and shapes equal the real checkpoint layouts (models/synthetic.py, written from the
-CHECKPOINTS.md §3 rules). Full-size modules are built on the meta device: no weight memory is allocated."""
+docs/checkpoints.md §3 rules). Full-size modules are built on the meta device: no weight memory is allocated."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tiny synthetic checkpoints with the real key layout load into our modules, and the loaded tensors equal the file's.
 
-Covers the container and key variants found in the wild (CHECKPOINTS.md §1.1, §1.5, §2.1): safetensors and torch
+Covers the container and key variants found in the wild (docs/checkpoints.md §1.1, §1.5, §2.1): safetensors and torch
 pickles, fp16/fp32, "state_dict" wrappers, non-tensor entries, missing or float position_ids, EMA and DDPM extras,
 the CLIP prefix without ``text_model.``, linear VAE attention weights, standalone VAEs, motion modules v1/v2/v3 and
 MotionLoRA merging.

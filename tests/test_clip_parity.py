@@ -25,7 +25,7 @@ CONFIGS = {
 
 
 def clip_shapes(cfg: CLIPTextConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of the SD1.5 text tower (below ``text_model.``), following the CHECKPOINTS.md §3 recipe."""
+    """Key -> shape of the SD1.5 text tower (below ``text_model.``), following the docs/checkpoints.md §3 recipe."""
     w = cfg.width
     shapes = {
         "embeddings.token_embedding.weight": (cfg.vocab_size, w),

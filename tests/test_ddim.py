@@ -1,5 +1,5 @@
 """DDIM schedule and sampler against diffusers' DDIMScheduler configured as the original AnimateDiff
-(CHECKPOINTS.md §2.8, §4.2)."""
+(docs/checkpoints.md §2.8, §4.2)."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ from tests import oracle
 
 
 def diffusers_scheduler():
-    return oracle.ddim_scheduler()  # configured as the original AnimateDiff, CHECKPOINTS.md §4.2
+    return oracle.ddim_scheduler()  # configured as the original AnimateDiff, docs/checkpoints.md §4.2
 
 
 def test_schedule_anchors():

@@ -1,6 +1,6 @@
 """AnimateDiff motion modules vs diffusers, both loaded from the same synthetic checkpoint file.
 
-The file is written from the key/shape recipe in CHECKPOINTS.md §3 (not from our module), at the tiny widths of
+The file is written from the key/shape recipe in docs/checkpoints.md §3 (not from our module), at the tiny widths of
 ``MotionConfig.tiny()``, with random non-zero weights (a zero ``proj_out`` would make every module the identity).
 The helpers here are also used by ``test_unet_parity.py``.
 """
@@ -49,7 +49,7 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str
 
 
 def reference_pe(length: int, dim: int) -> Tensor:
-    """AnimateDiff ``PositionalEncoding.pe`` ``[1, L, C]``: interleaved sin (even) / cos (odd), CHECKPOINTS.md §2.3."""
+    """AnimateDiff ``PositionalEncoding.pe`` ``[1, L, C]``: sin (even), cos (odd); docs/checkpoints.md §2.3."""
     pos = torch.arange(length, dtype=torch.float32)[:, None]
     div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     pe = torch.zeros(1, length, dim)
@@ -59,7 +59,7 @@ def reference_pe(length: int, dim: int) -> Tensor:
 
 
 def motion_module_prefixes(cfg: MotionConfig) -> dict[str, int]:
-    """Module prefix -> channels: down levels, the v2 mid block, up levels (CHECKPOINTS.md §2.2)."""
+    """Module prefix -> channels: down levels, the v2 mid block, up levels (docs/checkpoints.md §2.2)."""
     ch = cfg.block_channels
     prefixes = {f"down_blocks.{i}.motion_modules.{j}.": c for i, c in enumerate(ch) for j in range(2)}
     if cfg.mid_block:
@@ -69,7 +69,7 @@ def motion_module_prefixes(cfg: MotionConfig) -> dict[str, int]:
 
 
 def motion_shapes(cfg: MotionConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a motion-module file without ``pos_encoder.pe`` (CHECKPOINTS.md §3 ``MOTION``)."""
+    """Key -> shape of a motion-module file without ``pos_encoder.pe`` (docs/checkpoints.md §2.2, §3)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for p, c in motion_module_prefixes(cfg).items():
         t = p + "temporal_transformer."
@@ -115,7 +115,7 @@ def load_our_motion(path: Path, cfg: MotionConfig) -> MotionModules:
 
 
 def load_diffusers_adapter(path: Path, cfg: MotionConfig, config_dir: Path) -> nn.Module:
-    """diffusers ``MotionAdapter`` from the same file; the config dir mirrors CHECKPOINTS.md §4.1."""
+    """diffusers ``MotionAdapter`` from the same file; the config dir mirrors docs/checkpoints.md §4.1."""
     adapter_cfg = dict(
         block_out_channels=list(cfg.block_channels),
         motion_layers_per_block=cfg.layers_per_block,
@@ -231,7 +231,7 @@ def test_batch_not_multiple_of_frames_raises(files, ours):
 
 
 def lora_state_dict(cfg: MotionConfig, rank: int, seed: int) -> dict[str, Tensor]:
-    """A MotionLoRA in AnimateDiff's format (CHECKPOINTS.md §3 ``MOTION_LORA``), small random down/up."""
+    """A MotionLoRA in AnimateDiff's format (docs/checkpoints.md §2.6, §3), small random down/up."""
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for p, c in motion_module_prefixes(cfg).items():
@@ -250,7 +250,7 @@ def lora_target(key: str) -> str:
 
 
 def to_diffusers_name(key: str) -> str:
-    """Motion-module key -> diffusers ``UNetMotionModel`` key (CHECKPOINTS.md §2.2)."""
+    """Motion-module key -> diffusers ``UNetMotionModel`` key (docs/checkpoints.md §2.2)."""
     key = key.replace(".temporal_transformer", "")
     return key.replace("attention_blocks.0", "attn1").replace("attention_blocks.1", "attn2")
 

@@ -1,6 +1,6 @@
 """End-to-end parity with diffusers from the same synthetic files and the same initial latents (fp32, CPU):
 our text_to_image against StableDiffusionPipeline and our text_to_video against AnimateDiffPipeline (with the
-motion-module GroupNorm patched to the original per-frame statistics, CHECKPOINTS.md §4.4), both with the DDIM
+motion-module GroupNorm patched to the original per-frame statistics, docs/checkpoints.md §4.4), both with the DDIM
 scheduler configured as the original AnimateDiff (§4.2)."""
 
 import pytest

@@ -1,6 +1,6 @@
 """The SD1.5 UNet (image and AnimateDiff video) vs diffusers, both loaded from the same synthetic checkpoint files.
 
-The UNet file is written from the LDM key/shape recipe in CHECKPOINTS.md §3 (not from our module) under the real
+The UNet file is written from the LDM key/shape recipe in docs/checkpoints.md §3 (not from our module) under the real
 prefix ``model.diffusion_model.``, at the widths of ``UNetConfig.tiny()``, with random weights. diffusers reads it
 with ``UNet2DConditionModel.from_single_file`` and the motion files with ``MotionAdapter.from_single_file``.
 
@@ -44,7 +44,7 @@ TOLERANCE = 1e-4  # relative to max |reference output|
 
 
 def unet_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of an SD1.x LDM UNet (CHECKPOINTS.md §3 ``SD15_UNET``, widths from ``cfg``), without prefix."""
+    """Key -> shape of an SD1.x LDM UNet (docs/checkpoints.md §1.3, §3, widths from ``cfg``), without prefix."""
     emb, ctx = cfg.time_embed_dim, cfg.context_dim
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -117,7 +117,7 @@ def load_our_unet(path: Path, cfg: UNetConfig) -> UNetModel:
 
 
 class JointFrameGroupNorm(nn.Module):
-    """Oracle patch for v1 only (CHECKPOINTS.md §2.5, §4.4): AnimateDiff v1 ran the UNet's ResNet GroupNorms and
+    """Oracle patch for v1 only (docs/checkpoints.md §2.5, §4.4): AnimateDiff v1 ran the UNet's ResNet GroupNorms and
     ``conv_norm_out`` on ``[b, c, f, h, w]`` (statistics shared by all frames), while diffusers normalises each frame.
     This wrapper gives diffusers' norm the frames of each video at once."""
 

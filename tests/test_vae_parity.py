@@ -1,6 +1,6 @@
 """Our AutoencoderKL against diffusers' (test-only oracle), both loaded from the same synthetic LDM single file.
 
-The file is written from the key/shape rules of CHECKPOINTS.md §3 (not from our module), with the real
+The file is written from the key/shape rules of docs/checkpoints.md §3 (not from our module), with the real
 ``first_stage_model.`` prefix, at the tiny width; the full-width key set is checked on the meta device.
 """
 
@@ -18,7 +18,7 @@ REL_TOL = 1e-4  # max |ours - oracle| <= REL_TOL * max |oracle|
 
 
 def vae_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of an LDM VAE checkpoint (no prefix), following the CHECKPOINTS.md §3 recipe."""
+    """Key -> shape of an LDM VAE checkpoint (no prefix), following the docs/checkpoints.md §3 recipe."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def conv(p, cout, cin, k):
