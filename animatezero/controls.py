@@ -1,7 +1,7 @@
 """The switches of AnimateZero (paper Sec. 4) and how they become processors and latent replacements.
 
 :class:`Controls` holds every switch; presets give the paper's method, plain AnimateDiff, and the five rows of the
-paper's ablation figure (Fig. 6, PAPER.md §2.3).
+paper's ablation figure (Fig. 6, docs/method.md §8.1).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ BLOCKS = ("down", "mid", "up")
 
 @dataclass(frozen=True)
 class Controls:
-    """Every switch of the image-to-video step. Defaults are the paper's method (best reading, PAPER.md §7).
+    """Every switch of the image-to-video step. Defaults are the paper's method (best reading, docs/method.md §8).
 
     Step ranges are fractions of the sampling steps, ``[start, end)``: ``(0.0, 1.0)`` is every step, ``(0.0, 0.5)``
     the first half (the noisier steps).

@@ -1,4 +1,4 @@
-"""Index math of the temporal attention patterns (paper Sec. 4.2, Fig. 3(b); PAPER.md §3.4). Pure functions.
+"""Index math of the temporal attention patterns (paper Sec. 4.2, Fig. 3(b); docs/method.md §5.4). Pure functions.
 
 A pattern says, for every query frame ``i`` of an ``f``-frame clip, which frame fills each of its ``S`` key slots,
 which position embedding each slot carries, and which position the query carries. The motion module's attention is
