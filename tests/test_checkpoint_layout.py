@@ -4,6 +4,8 @@ docs/checkpoints.md §3 rules). Full-size modules are built on the meta device: 
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from models.clip_text import CLIPTextModel
 from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
@@ -124,3 +126,14 @@ def test_motion_lora_targets_exist_in_v2_module():
         target = block + ("to_out.0" if proj == "to_out" else proj) + ".weight"
         out_dim, in_dim = shapes[target]
         assert shape == ((64, in_dim) if side == "down.weight" else (out_dim, 64)), key
+
+
+def test_build_on_meta_patches_nothing():
+    """Meta construction is scoped to the call: no global function is replaced, and modules built afterwards (or
+    outside it) get real, randomly initialised weights."""
+    originals = (nn.Module.register_parameter, nn.init.normal_, nn.init.kaiming_uniform_, torch.Tensor.normal_)
+    inside = build_on_meta(lambda: nn.Sequential(nn.Linear(4, 4), nn.Embedding(10, 4)))
+    assert all(p.is_meta for p in inside.parameters())
+    assert (nn.Module.register_parameter, nn.init.normal_, nn.init.kaiming_uniform_, torch.Tensor.normal_) == originals
+    after = nn.Embedding(10, 4)
+    assert not after.weight.is_meta and after.weight.std() > 0
