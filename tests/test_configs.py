@@ -153,7 +153,7 @@ EXPERIMENTS = {
     "toyworld_ablation": (
         {
             **{f"ablation{k}": Controls.ablation(k) for k in range(1, 6)},
-            **{f"window{w}": Controls(window_size=w) for w in (2, 4, 8, 16)},
+            **{f"window{w}": Controls(window_size=w) for w in (2, 4, 8)},
             **{f"kv_0-{p}": Controls(kv_steps=(0.0, p / 100)) for p in (25, 50, 75)},
             **{f"insert_0-{p}": Controls(insert_steps=(0.0, p / 100)) for p in (25, 50, 75)},
         },
