@@ -12,6 +12,12 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+
+def default_cache_dir() -> Path:
+    """``$ANIMATEZERO_CACHE``, else ``~/.cache/animatezero`` (the Hydra configs' ``paths.cache_dir``)."""
+    return Path(os.environ.get("ANIMATEZERO_CACHE") or Path.home() / ".cache" / "animatezero").expanduser()
+
+
 DEFAULT_CHECKPOINT = "stable-diffusion-v1-5/stable-diffusion-v1-5/v1-5-pruned-emaonly.safetensors"
 DEFAULT_MOTION_MODULE = "guoyww/animatediff/mm_sd_v15_v2.ckpt"
 
@@ -232,7 +238,6 @@ def resolve(
             "or download the file yourself and pass its local path."
         ) from e
     if sha256 is not None:
-        from animatezero.pipeline import default_cache_dir
         from animatezero.runlog import checkpoint_sha256
 
         digest = checkpoint_sha256(local, cache_dir if cache_dir is not None else default_cache_dir(), validate=False)

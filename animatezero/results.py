@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from animatezero.io import save_image, save_video
@@ -64,3 +66,11 @@ class VideoResult:
         """``.mp4``, ``.gif``, or a folder of PNG frames (any path without a suffix)."""
         save_video(self.frames, path, fps=self.fps if fps is None else fps)
         return Path(path)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR in dB of two images in [0, 1] (capped at 100 dB for identical images): how exactly an anchor frame
+    reproduces its image (``VideoResult.info["frame0_psnr_db"]``) or a VAE its input (``ImageResult.info["psnr_db"]``);
+    the experiments' quick metric uses it too."""
+    mse = torch.mean((a.float().cpu() - b.float().cpu()) ** 2).item()
+    return 100.0 if mse <= 1e-10 else min(100.0, 10 * math.log10(1.0 / mse))

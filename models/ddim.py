@@ -73,7 +73,7 @@ class StepInfo:
     i: int
     t: int
     t_prev: int
-    x: Tensor  # the latent that entered the step (x_t, after any replacement)
+    x: Tensor  # the latent that entered the step (x_t)
     eps: Tensor  # the denoiser's prediction
     x0: Tensor  # predicted clean latent
     x_prev: Tensor  # the latent leaving the step (x_{t_prev})
@@ -99,19 +99,13 @@ def ddim_sample(
     *,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
-    replace: Callable[[int, Tensor], Tensor] | None = None,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> Tensor:
-    """Sample from x_T with ``steps`` DDIM steps and return x_0.
-
-    ``replace(i, x) -> x``, if given, is applied to the latent entering step ``i`` and, with ``i = steps``, to the
-    final result: the hook for known-region replacement (e.g. inserting a recorded latent into some frames).
-    ``callback`` sees every step's :class:`StepInfo`.
-    """
+    """Sample from x_T with ``steps`` DDIM steps and return x_0; ``callback`` sees every step's :class:`StepInfo`.
+    A sampler that changes the latents between steps (e.g. inserting known frames) writes its own loop over
+    :func:`ddim_step`."""
     timesteps = schedule.timesteps(steps)
     for i, t in enumerate(timesteps):
-        if replace is not None:
-            x = replace(i, x)
         t_prev = schedule.previous(t, steps)
         eps = denoise(x, t)
         noise = None
@@ -121,7 +115,7 @@ def ddim_sample(
         if callback is not None:
             callback(StepInfo(i=i, t=t, t_prev=t_prev, x=x, eps=eps, x0=x0, x_prev=x_prev))
         x = x_prev
-    return replace(steps, x) if replace is not None else x
+    return x
 
 
 def ddim_invert(

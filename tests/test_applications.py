@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from animatezero.applications import fit_image
 from animatezero.controls import Controls
 from animatezero.io import load_image
-from animatezero.pipeline import fit_image, psnr
+from animatezero.results import psnr
 
 SIZE, STEPS, FRAMES = 64, 2, 4
 

@@ -25,7 +25,7 @@ SIZE = 64
 )
 def test_text_to_image_rejects_bad_arguments_before_work(tiny_pipe, kwargs, match, monkeypatch):
     calls = []
-    monkeypatch.setattr(tiny_pipe, "_unet_forward", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(tiny_pipe.runner, "forward", lambda *a, **k: calls.append(1))
     with pytest.raises(ValueError, match=match):
         tiny_pipe.text_to_image("x", **{"height": SIZE, "width": SIZE, "steps": 2, **kwargs})
     assert not calls  # nothing ran
@@ -66,7 +66,7 @@ def test_out_of_memory_names_the_memory_options(tiny_pipe, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(tiny_pipe, "_unet_forward", oom)
+    monkeypatch.setattr(tiny_pipe.runner, "forward", oom)
     with pytest.raises(torch.cuda.OutOfMemoryError, match="(?s)Tried to allocate.*vae_chunk_size.*offload=True"):
         tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=1, seed=0)
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
+from animatezero.applications import fit_image
 from animatezero.io import MAX_IMAGE_PIXELS, ImageInputError, load_image
-from animatezero.pipeline import fit_image
 from animatezero.runlog import checkpoint_sha256
 from models.config import MotionConfig
 from models.loading import load_motion_module
@@ -447,7 +447,7 @@ SIZE = 64
     ],
 )
 def test_bad_inputs_are_refused_before_any_sampling(tiny_pipe, kwargs, match, monkeypatch):
-    monkeypatch.setattr(tiny_pipe, "_unet_forward", lambda *a, **k: pytest.fail("sampling started"))
+    monkeypatch.setattr(tiny_pipe.runner, "forward", lambda *a, **k: pytest.fail("sampling started"))
     with pytest.raises(ValueError, match=match):
         tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=2, **kwargs)
 
@@ -459,7 +459,7 @@ def test_largest_seed_is_accepted(tiny_pipe):
 def test_non_finite_results_raise_instead_of_black_frames(tiny_pipe, monkeypatch):
     from animatezero.pipeline import NonFiniteError
 
-    monkeypatch.setattr(tiny_pipe, "_unet_forward", lambda x, *a, **k: torch.full_like(x, float("nan")))
+    monkeypatch.setattr(tiny_pipe.runner, "forward", lambda x, *a, **k: torch.full_like(x, float("nan")))
     with pytest.raises(NonFiniteError, match="NaN or infinite latents"):
         tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=2, seed=0)
     with pytest.raises(NonFiniteError):
@@ -519,9 +519,9 @@ def test_prompts_are_taken_as_typed(tmp_path, tiny_cache, monkeypatch, prompt):
 
 
 def test_nan_frames_make_a_failed_run_with_the_reason(tmp_path, tiny_cache, monkeypatch):
-    from animatezero.pipeline import AnimateZeroPipeline
+    from models.runner import UNetRunner
 
-    monkeypatch.setattr(AnimateZeroPipeline, "_model", lambda self, x, t, context: torch.full_like(x, float("nan")))
+    monkeypatch.setattr(UNetRunner, "__call__", lambda self, x, t, context: torch.full_like(x, float("nan")))
     with pytest.raises(SystemExit) as exit_info:
         cli_run(["prompt=x", "sampler.num_frames=2", "controls=animatediff"], tmp_path, tiny_cache, monkeypatch)
     assert exit_info.value.code == 2
