@@ -1,6 +1,6 @@
 """AnimateZero: training-free image animation with AnimateDiff (Yu et al., arXiv 2312.03793).
 
-The public names are imported on first use, so light modules (``animatezero.hub``, ``animatezero.runlog``) and the
+The public names are imported on first use, so light modules (``animatezero.hub``) and the
 command-line entry points (``animatezero --help``, ``--cfg job``) do not pay for importing torch.
 """
 

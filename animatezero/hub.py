@@ -6,6 +6,7 @@ cannot. A revision pins the download (a commit hash is best); ``sha256=`` verifi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -238,9 +239,41 @@ def resolve(
             "or download the file yourself and pass its local path."
         ) from e
     if sha256 is not None:
-        from animatezero.runlog import checkpoint_sha256
-
         digest = checkpoint_sha256(local, cache_dir if cache_dir is not None else default_cache_dir(), validate=False)
         if digest != sha256.lower():
             raise DownloadError(f"{local} has SHA-256 {digest}, expected {sha256}: the download is corrupt or changed")
     return local
+
+
+def checkpoint_sha256(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *, validate: bool = True
+) -> str:
+    """SHA-256 of a checkpoint file, remembered in ``cache_dir/sha256.json`` by (real path, size, mtime), so a
+    4 GB file is hashed once and not on every run. With ``validate`` the file is first checked as a checkpoint
+    (:func:`models.readers.check_checkpoint_file`); without, only as a regular file (a download's bytes)."""
+    from models.readers import check_checkpoint_file, file_sha256
+
+    if validate:  # type, size and header first: a FIFO, /dev/zero or a directory is never hashed
+        check_checkpoint_file(path)
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = Path(cache_dir) / "sha256.json" if cache_dir is not None else None
+    cache: dict[str, str] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        return cache[key]
+    digest = file_sha256(path)
+    if cache_file is not None:
+        try:
+            cache[key] = digest
+            from animatezero.io import write_json
+
+            write_json(cache_file, cache)
+        except OSError:
+            pass  # a read-only cache only costs time
+    return digest

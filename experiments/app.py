@@ -36,8 +36,8 @@ from animatezero.controls import BLOCKS, Controls
 from animatezero.hub import DownloadError
 from animatezero.pipeline import AnimateZeroPipeline, new_seed
 from animatezero.results import ImageResult, VideoResult
-from animatezero.runlog import OutputDirError, OutputPathError, RunRecord, environment, prepare_run_dir
 from experiments import common
+from experiments.runs import OutputDirError, OutputPathError, RunRecord, environment, prepare_run_dir
 from models.readers import CheckpointError
 
 # What a user can get wrong (shown in the page as one message); anything else is a bug, logged with its traceback.

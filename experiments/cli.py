@@ -140,7 +140,7 @@ def check_out_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     if problem is None and not os.access(probe, os.W_OK | os.X_OK):
         problem = f"cannot write to the output directory {str(path)!r}: {str(probe)!r} is read-only. {fix}"
     if problem is not None:
-        from animatezero.runlog import OutputDirError  # imported only on this error path (it brings torch)
+        from experiments.runs import OutputDirError  # imported only on this error path (it brings torch)
 
         raise OutputDirError(problem)
     return path
@@ -205,8 +205,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     named = (
         ("animatezero.hub", "DownloadError"),
         ("animatezero.io", "OutputDirError"),
-        ("animatezero.runlog", "OutputDirError"),
-        ("animatezero.runlog", "OutputPathError"),
+        ("experiments.runs", "OutputDirError"),
+        ("experiments.runs", "OutputPathError"),
         ("models.readers", "CheckpointError"),
         ("evaluation.extractors", "EvaluatorUnavailable"),
     )

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from animatezero.controls import Controls
-from animatezero.hub import resolve_all
+from animatezero.hub import checkpoint_sha256, resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.results import ImageResult, VideoResult
-from animatezero.runlog import check_name, checkpoint_sha256, distinct_outputs, inside
 from experiments.cli import ConfigError
+from experiments.runs import check_name, distinct_outputs, inside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))

@@ -29,9 +29,9 @@ def evaluate(cfg: DictConfig, networks: Any = None) -> dict[str, Any]:
     if not path.is_dir():
         raise cli.ConfigError(f"run_dir={cfg.run_dir} is not a directory; give a run or a sweep directory")
     cli.check_values(cfg)  # wandb.mode
-    from animatezero.runlog import WandbRun
     from evaluation.evaluate import EvalConfig, evaluate_run, evaluate_sweep
     from experiments import common
+    from experiments.runs import WandbRun
 
     config = EvalConfig(**common.plain(cfg.eval))
     if (path / "run.json").is_file():

@@ -54,8 +54,8 @@ def generate(cfg: DictConfig) -> Path:
     from dataclasses import asdict
 
     from animatezero.pipeline import new_seed
-    from animatezero.runlog import RunRecord, WandbRun, environment, prepare_run_dir
     from experiments import common
+    from experiments.runs import RunRecord, WandbRun, environment, prepare_run_dir
 
     label, controls = common.controls_from_group(cfg.controls)
     common.check_sampler(cfg.sampler)

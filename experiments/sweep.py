@@ -29,8 +29,8 @@ SAMPLER_FIELDS = ("steps", "guidance_scale", "eta", "num_frames", "height", "wid
 def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict, checkpoints: dict):
     """``{(label, item dirname): fingerprint}`` of the items still to make. A finished item with another
     fingerprint (other checkpoint, sampler, prompt or controls) is an error unless ``overwrite``."""
-    from animatezero.runlog import inside, read_run
     from experiments import common
+    from experiments.runs import inside, read_run
 
     todo = {}
     for item in items:
@@ -65,8 +65,8 @@ def sweep(cfg: DictConfig) -> Path:
     cli.apply_shortcuts(cfg)  # the plain values first, before the heavy imports
     cli.check_values(cfg)
     from animatezero.io import atomic_path, write_json
-    from animatezero.runlog import RunRecord, WandbRun, environment, inside, prepare_run_dir
     from experiments import common
+    from experiments.runs import RunRecord, WandbRun, environment, inside, prepare_run_dir
 
     configurations = common.sweep_configurations(cfg)
     items = common.prompt_items(cfg.prompts, cfg.repeats, cfg.shard, cfg.sampler.negative_prompt)

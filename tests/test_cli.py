@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from animatezero.runlog import OutputDirError, OutputPathError, WandbRun, inside, prepare_run_dir
 from experiments import common
 from experiments import generate as gen
+from experiments.runs import OutputDirError, OutputPathError, WandbRun, inside, prepare_run_dir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -141,12 +141,12 @@ def test_read_only_or_full_out_dir_fails(tmp_path, monkeypatch, errno_code, reas
     """A read-only or full disk is simulated (root ignores permission bits): the write probe fails before any work."""
     import os
 
-    from animatezero import runlog
+    from experiments import runs
 
     def refuse(*args, **kwargs):
         raise OSError(errno_code, os.strerror(errno_code))
 
-    monkeypatch.setattr(runlog.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(runs.tempfile, "NamedTemporaryFile", refuse)
     with pytest.raises(OutputDirError, match=f"cannot write to the output directory .*{reason}"):
         prepare_run_dir(tmp_path / "run")
 

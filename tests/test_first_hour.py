@@ -288,7 +288,7 @@ def test_sweep_prints_a_summary(tiny_cache, tmp_path, monkeypatch, capsys):
 
 
 def test_evaluate_errors_are_one_line_and_open_no_wandb(tmp_path, monkeypatch, capsys):
-    from animatezero.runlog import WandbRun
+    from experiments.runs import WandbRun
     from evaluation import evaluate as evaluation
     from evaluation.extractors import EvaluatorUnavailable
 

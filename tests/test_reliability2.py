@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from animatezero.applications import fit_image
+from animatezero.hub import checkpoint_sha256
 from animatezero.io import MAX_IMAGE_PIXELS, ImageInputError, load_image
-from animatezero.runlog import checkpoint_sha256
 from models.config import MotionConfig
 from models.loading import load_motion_module
 from models.readers import CheckpointError, CorruptCheckpointError, check_checkpoint_file, file_sha256, read_state_dict
@@ -307,7 +307,7 @@ def test_killed_sweep_leaves_no_countable_run_and_its_orphan_is_removed(tmp_path
 
 
 def test_the_next_sweep_run_cleans_up_orphans(tmp_path):
-    from animatezero.runlog import prepare_run_dir
+    from experiments.runs import prepare_run_dir
 
     orphan = tmp_path / "sweep" / "paper" / f".cat_s0.partial-{os.uname().nodename}-{_dead_pid()}-k3j4h5g6"
     _run_json(orphan)
@@ -348,8 +348,8 @@ def test_evaluate_sweep_skips_unfinished_runs_and_reports_killed_ones(tmp_path):
 
 # ----------------------------------------------------------------------------------- 12. run.json after a kill
 def test_running_run_json_of_a_dead_process_reads_as_interrupted(tmp_path):
-    from animatezero.runlog import read_run
     from evaluation.runs import run_status
+    from experiments.runs import read_run
 
     _run_json(tmp_path / "dead", status="running", host=os.uname().nodename, pid=_dead_pid())
     _run_json(tmp_path / "alive", status="running", host=os.uname().nodename, pid=os.getpid())
@@ -360,7 +360,7 @@ def test_running_run_json_of_a_dead_process_reads_as_interrupted(tmp_path):
 def test_sigterm_marks_the_run_interrupted(tmp_path):
     import time
 
-    from animatezero.runlog import RunRecord, Terminated
+    from experiments.runs import RunRecord, Terminated
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
@@ -402,7 +402,7 @@ def test_disk_full_while_writing_an_output_is_a_named_error(tmp_path, monkeypatc
     import errno
 
     from animatezero.io import OutputWriteError, save_image
-    from animatezero.runlog import OutputDirError
+    from experiments.runs import OutputDirError
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -423,7 +423,7 @@ def test_disk_full_while_writing_an_output_is_a_named_error(tmp_path, monkeypatc
     ],
 )
 def test_colliding_output_names_are_refused(tmp_path, files, match):
-    from animatezero.runlog import OutputPathError, distinct_outputs
+    from experiments.runs import OutputPathError, distinct_outputs
 
     with pytest.raises(OutputPathError, match=match):
         distinct_outputs({k: tmp_path / v for k, v in files.items()})

@@ -200,7 +200,7 @@ def test_hydra_multirun_over_a_controls_field(tmp_path, tiny_cache, monkeypatch)
 
 
 def test_bad_prompt_ids_and_labels_are_rejected(tmp_path, tiny_cache):
-    from animatezero.runlog import OutputPathError
+    from experiments.runs import OutputPathError
 
     cfg = sweep_cfg(tiny_cache, tmp_path, "prompts.items=[{id: ../up, prompt: x, seed: 1}]")
     with pytest.raises(OutputPathError, match="prompt id"):

@@ -173,38 +173,6 @@ def environment(device: str | None = None) -> dict[str, Any]:
     return env
 
 
-def checkpoint_sha256(
-    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *, validate: bool = True
-) -> str:
-    """SHA-256 of a checkpoint file, remembered in ``cache_dir/sha256.json`` by (real path, size, mtime), so a
-    4 GB file is hashed once and not on every run. With ``validate`` the file is first checked as a checkpoint
-    (:func:`models.readers.check_checkpoint_file`); without, only as a regular file (a download's bytes)."""
-    from models.readers import check_checkpoint_file, file_sha256
-
-    if validate:  # type, size and header first: a FIFO, /dev/zero or a directory is never hashed
-        check_checkpoint_file(path)
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_file = Path(cache_dir) / "sha256.json" if cache_dir is not None else None
-    cache: dict[str, str] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    if key in cache:
-        return cache[key]
-    digest = file_sha256(path)
-    if cache_file is not None:
-        try:
-            cache[key] = digest
-            write_json(cache_file, cache)
-        except OSError:
-            pass  # a read-only cache only costs time
-    return digest
-
-
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
