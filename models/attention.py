@@ -41,15 +41,25 @@ class PositionalEncoding(nn.Module):
     """Sinusoidal frame positions of a motion-module attention block (checkpoint key ``pos_encoder.pe``).
 
     ``pe`` is recomputed from the formula and not persistent: the official loader also ignores the stored copy, which
-    equals the formula (our loader checks that before dropping it). The small table is always computed on the CPU,
-    also under a ``torch.device("meta")`` block (a model built on meta then has a real table, which ``.to()`` moves).
+    equals the formula (our loader checks that before dropping it). A module built on the meta device gets a meta
+    table; :meth:`reset_buffers` computes the real one where the weights land.
     """
 
     def __init__(self, dim: int, max_positions: int):
         super().__init__()
         self.max_positions = max_positions
-        positions = torch.arange(max_positions, device="cpu")
-        self.register_buffer("pe", sinusoidal_positions(positions, dim)[None], persistent=False)  # [1, L, dim]
+        self.register_buffer("pe", self.table(dim, max_positions), persistent=False)  # [1, L, dim]
+
+    @staticmethod
+    def table(dim: int, max_positions: int, device: torch.device | str | None = None) -> Tensor:
+        """The ``[1, max_positions, dim]`` table, computed on the CPU (a small table; on the meta device the same ops
+        would run slow Python decompositions) and placed on ``device`` (default: the current default device)."""
+        pe = sinusoidal_positions(torch.arange(max_positions, device="cpu"), dim)[None]
+        return pe.to(torch.get_default_device() if device is None else device)
+
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute ``pe`` on ``device`` (after the module was built on the meta device)."""
+        self.pe = self.table(self.pe.shape[-1], self.max_positions, device)
 
     def check(self, num_positions: int) -> None:
         """Raise a clear error if positions ``0..num_positions-1`` do not fit the table (a Python-int check, so it

@@ -9,7 +9,8 @@ skipped are the named entries of :data:`IGNORED_KEYS`; anything else missing or 
 Modules are built on the ``meta`` device (:func:`build_on_meta`: no weight memory, no random init), then the file's
 tensors are assigned directly (``load_state_dict(assign=True)``), so a checkpoint occupies memory once. The only
 tensors a checkpoint does not supply are non-persistent buffers computed at construction (the motion modules'
-sinusoidal position tables); those are built on the CPU even under the meta device and moved with the module.
+sinusoidal position tables): they stay on meta until :func:`load_strict` asks their module to ``reset_buffers`` on
+the target device.
 """
 
 from __future__ import annotations
@@ -153,9 +154,9 @@ class _NoInitOnMeta(TorchFunctionMode):
 
 
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
-    """Run ``factory()`` under ``torch.device("meta")``: parameters are shapes only (no memory, no random init), to
-    be filled by :func:`load_strict`. Buffers a module computes at construction from explicit CPU tensors (the
-    motion modules' ``pos_encoder.pe``) stay real; any other buffer left on meta is reported by the load."""
+    """Run ``factory()`` under ``torch.device("meta")``: parameters and buffers are shapes only (no memory, no random
+    init). :func:`load_strict` fills the parameters from the file and has each module whose buffers are still on meta
+    recompute them (``reset_buffers``); anything left on meta after that is reported."""
     with torch.device("meta"), _NoInitOnMeta():
         return factory()
 
@@ -214,7 +215,10 @@ def load_strict(
             + "\nThe file is damaged (a diverged training run or a bad merge); use another checkpoint"
         )
     module.load_state_dict(converted, strict=True, assign=True)
-    module.to(device=device, dtype=dtype)  # buffers created at construction
+    for sub in module.modules():  # non-persistent buffers (not in any file) are computed where the weights landed
+        if any(b.is_meta for b in sub.buffers(recurse=False)) and hasattr(sub, "reset_buffers"):
+            sub.reset_buffers(device)
+    module.to(device=device, dtype=dtype)  # and take the weights' dtype
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type == "meta"]
     if leftover:
         raise RuntimeError(f"internal error: {what} tensors left on the meta device after loading: {leftover[:5]}")

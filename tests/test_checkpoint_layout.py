@@ -106,8 +106,8 @@ def test_clip_layout_matches_module(cfg):
 @pytest.mark.parametrize("tiny", [False, True], ids=["full", "tiny"])
 def test_motion_layout_matches_module(version, tiny):
     cfg = MotionConfig.tiny(version) if tiny else MotionConfig.for_version(version)
-    # Parameters on meta, buffers real: computing the pe tables on the meta device goes through slow Python
-    # decompositions (and a one-off torch._dynamo import), while real [1, L, C] tables are tiny.
+    # Everything on meta (the pe tables are computed on the CPU and moved there: on meta the same ops would run slow
+    # Python decompositions); loading recomputes pe where the weights land.
     module = build_on_meta(lambda: MotionModules(cfg))
     shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     assert all(t.is_meta for t in module.parameters())
