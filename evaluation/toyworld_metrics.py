@@ -7,8 +7,9 @@ Every toy-world clip shows one flat-coloured object on a plain background, so th
   object = the largest 8-connected foreground component. Its **color** class is the palette colour nearest to the
   component's median colour; **area** and **centroid** (pixels) are the sum and the mean position of the per-pixel
   coverage of that colour over the background (sub-pixel exact on anti-aliased frames); its **shape** class is the
-  shape whose ideal mask (the world's own geometry, placed at that centroid with that area) overlaps the coverage
-  >= 0.5 mask best, if that IoU is at least ``SHAPE_MIN_IOU`` (else none: a blob is no shape).
+  shape whose ideal coverage (the world's own geometry, placed at that centroid with that area, supersampled)
+  overlaps the measured coverage best (soft IoU, sum of minima over sum of maxima), if that IoU is at least
+  ``SHAPE_MIN_IOU`` (else none: a blob is no shape).
   No object is found when that component is smaller than ``MIN_AREA`` pixels or covers more than ``MAX_AREA_FRAC``
   of the frame (noise, a blank frame, a frame that is all "object").
 * **Text-to-image prompt accuracy** (:func:`prompt_accuracy`) on one image: color, shape and background class equal
@@ -122,17 +123,17 @@ def _largest_component(mask: Tensor) -> Tensor:
     return out
 
 
-def _shape_templates(xs: Tensor, ys: Tensor, radii: Tensor, h: int, w: int) -> Tensor:
-    """Ideal masks ``[n, 3, h, w]`` (one per shape of the world, the world's own geometry sampled at pixel centres)
-    centred at (xs, ys) with equal-area radius ``radii`` (all ``[n]``, pixels)."""
-    n, k = xs.numel(), len(tw.SHAPES)
-    cols = torch.arange(w, dtype=torch.float32) + 0.5
-    rows = torch.arange(h, dtype=torch.float32) + 0.5
-    x = cols.view(1, 1, w) - xs.repeat_interleave(k).view(-1, 1, 1)  # [n * 3, 1, w]
-    y = rows.view(1, h, 1) - ys.repeat_interleave(k).view(-1, 1, 1)  # [n * 3, h, 1]
-    x, y = torch.broadcast_tensors(x, y)  # [n * 3, h, w]
-    masks = tw._mask(list(tw.SHAPES) * n, x, y, radii.repeat_interleave(k).view(-1, 1, 1))
-    return masks.view(n, k, h, w)
+def _shape_templates(xs: Tensor, ys: Tensor, radii: Tensor, h: int, w: int, supersample: int = 2) -> Tensor:
+    """Ideal coverage ``[n, 3, h, w]`` in [0, 1] of each shape of the world (its own geometry, ``supersample`` x
+    ``supersample`` samples per pixel) centred at (xs, ys) with equal-area radius ``radii`` (all ``[n]``, pixels)."""
+    n, k, ss = xs.numel(), len(tw.SHAPES), supersample
+    cols = (torch.arange(w * ss, dtype=torch.float32) + 0.5) / ss
+    rows = (torch.arange(h * ss, dtype=torch.float32) + 0.5) / ss
+    x = cols.view(1, 1, -1) - xs.repeat_interleave(k).view(-1, 1, 1)  # [n * 3, 1, w * ss]
+    y = rows.view(1, -1, 1) - ys.repeat_interleave(k).view(-1, 1, 1)  # [n * 3, h * ss, 1]
+    x, y = torch.broadcast_tensors(x, y)  # [n * 3, h * ss, w * ss]
+    inside = tw._mask(list(tw.SHAPES) * n, x, y, radii.repeat_interleave(k).view(-1, 1, 1)).float()
+    return F.avg_pool2d(inside[:, None], ss)[:, 0].view(n, k, h, w)
 
 
 def detect_video(video: Tensor, background: str | None = None) -> list[Detection]:
@@ -176,10 +177,9 @@ def detect_video(video: Tensor, background: str | None = None) -> list[Detection
     xs = (alpha.sum(dim=1) * cols).sum(dim=1) / safe  # [f]
     ys = (alpha.sum(dim=2) * rows).sum(dim=1) / safe
     radii = (safe / math.pi).sqrt()
-    hard = alpha >= 0.5  # [f, H, W] the object as a pixel mask, for the shape test
     templates = _shape_templates(xs, ys, radii, h, w)  # [f, 3, H, W]
-    inter = (templates & hard[:, None]).sum(dim=(2, 3)).float()
-    union = (templates | hard[:, None]).sum(dim=(2, 3)).float().clamp_min(1)
+    inter = torch.minimum(templates, alpha[:, None]).sum(dim=(2, 3))  # soft (coverage) IoU
+    union = torch.maximum(templates, alpha[:, None]).sum(dim=(2, 3)).clamp_min(1e-6)
     iou = inter / union  # [f, 3]
     out = []
     for k in range(f):
