@@ -1,25 +1,16 @@
-"""The switches of AnimateZero (paper Sec. 4) and how they become processors and latent replacements.
+"""The switches of AnimateZero (paper Sec. 4); :mod:`animatezero.method` turns them into processors and latent
+insertion.
 
-:class:`Controls` holds every switch; presets give the paper's method, plain AnimateDiff, and the five rows of the
-paper's ablation figure (Fig. 6, docs/method.md §8.1).
+:class:`Controls` holds every switch and its default (the one place they are defined: the Hydra ``controls`` group is
+built on these defaults, see ``configs/__init__.py``); presets give the paper's method, plain AnimateDiff, and the five
+rows of the paper's ablation figure (Fig. 6, docs/method.md §8.1). This module imports nothing heavy, so the command
+line reads the defaults without importing torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-
-import torch
-from torch import Tensor, nn
-
-from animatezero.hooks import spatial_self_attention_layers, temporal_attention_layers
-from animatezero.processors import Anchor, FramePatternAttention, SharedFirstFrameKV, StepState
-from animatezero.windows import (
-    FramePattern,
-    anchored_sliding_pattern,
-    bidirectional_window_pattern,
-    window_pattern,
-)
 
 BLOCKS = ("down", "mid", "up")
 
@@ -117,86 +108,3 @@ def steps_in_range(timesteps: Sequence[int], fraction: tuple[float, float]) -> f
     n = len(timesteps)
     start, end = fraction
     return frozenset(t for i, t in enumerate(timesteps) if start * n <= i and (i < end * n or end >= 1.0))
-
-
-def anchor_weights(num_frames: int, anchor_frames: Sequence[int]) -> Tensor | None:
-    """How much frame j shares each anchor's keys/values: one anchor -> None (all of it); two anchors at the ends ->
-    linear cross-fade ``[1 - j/(f-1), j/(f-1)]`` (our extension for interpolation; see README)."""
-    if len(anchor_frames) == 1:
-        return None
-    if len(anchor_frames) != 2:
-        raise ValueError("K/V sharing supports one or two anchor frames")
-    alpha = torch.linspace(0, 1, num_frames)[:, None]  # [f, 1]
-    return torch.cat([1 - alpha, alpha], dim=1)  # [f, 2]
-
-
-def spatial_processors(
-    controls: Controls,
-    unet: nn.Module,
-    num_frames: int,
-    timesteps: Sequence[int],
-    state: StepState,
-    anchors: Sequence[Anchor],
-) -> dict:
-    """K/V-sharing processors for the selected spatial self-attention layers (empty when sharing is off)."""
-    if not controls.share_kv:
-        return {}
-    active = None if controls.kv_steps == (0.0, 1.0) else steps_in_range(timesteps, controls.kv_steps)
-    weights = anchor_weights(num_frames, [a.frame for a in anchors])
-    if weights is not None:  # made on the UNet's device once, not moved there inside every forward
-        weights = weights.to(next(unet.parameters()).device)
-    return {
-        name: SharedFirstFrameKV(
-            name,
-            num_frames,
-            mode=controls.kv_mode,
-            anchors=tuple(anchors),
-            weights=weights,
-            state=state,
-            active_timesteps=active,
-        )
-        for name, info in spatial_self_attention_layers(unet).items()
-        if info.block in controls.kv_blocks and info.level in controls.kv_levels
-    }
-
-
-def temporal_processors(
-    controls: Controls,
-    motion: nn.Module,
-    num_frames: int,
-    max_positions: int,
-    *,
-    two_anchors: bool = False,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> dict:
-    """Window-attention processors for the selected motion modules. With ``sliding_windows``, clips longer than the
-    position table get, in the other modules, an anchored sliding window (every window keeps frame 0) instead of
-    global attention. ``two_anchors``: the window is anchored at both ends (loops, interpolation). ``device`` and
-    ``dtype``: where the motion modules run."""
-    long_clip = num_frames > max_positions
-    if long_clip and not controls.sliding_windows:
-        raise ValueError(
-            f"{num_frames} frames exceed the motion module's {max_positions} positions; use at most {max_positions} "
-            "frames or enable sliding windows (Controls(sliding_windows=True), CLI controls.sliding_windows=true)"
-        )
-    windowed: FramePattern | None = None
-    if controls.window_attention:
-        make = bidirectional_window_pattern if two_anchors else window_pattern
-        windowed = make(
-            num_frames,
-            controls.window_size,
-            correction=controls.position_correction,
-            num_slots=max_positions if long_clip else None,
-        )
-    sliding = anchored_sliding_pattern(num_frames, max_positions) if long_clip else None
-    windowed_proc = FramePatternAttention(windowed, device, dtype) if windowed is not None else None
-    sliding_proc = FramePatternAttention(sliding, device, dtype) if sliding is not None else None
-    processors = {}
-    for name, info in temporal_attention_layers(motion).items():
-        processor = (
-            windowed_proc if windowed_proc is not None and info.block in controls.window_blocks else sliding_proc
-        )
-        if processor is not None:
-            processors[name] = processor
-    return processors

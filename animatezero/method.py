@@ -9,25 +9,113 @@
 4. the DDIM update (:func:`models.ddim.ddim_step`).
 
 Without lockstep the anchors' latents and keys/values come from their stored step-1 results. Which processors go
-where is decided in :mod:`animatezero.controls`; what each one computes is in :mod:`animatezero.processors`.
+where follows the :class:`animatezero.controls.Controls` (:func:`spatial_processors`, :func:`temporal_processors`);
+what each one computes is in :mod:`animatezero.processors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from animatezero.controls import Controls, spatial_processors, steps_in_range, temporal_processors
-from animatezero.hooks import installed
-from animatezero.processors import Anchor, KVBank, StepState
+from animatezero.controls import Controls, steps_in_range
+from animatezero.hooks import installed, spatial_self_attention_layers, temporal_attention_layers
+from animatezero.processors import Anchor, FramePatternAttention, KVBank, SharedFirstFrameKV, StepState
+from animatezero.windows import FramePattern, anchored_sliding_pattern, bidirectional_window_pattern, window_pattern
 from models.ddim import DDIMSchedule, Denoiser, StepInfo, ddim_step
 from models.guidance import cfg_denoiser
 from models.runner import UNetRunner
 
 
+# which processors go where (from the Controls) -------------------------------------------------------------------
+def anchor_weights(num_frames: int, anchor_frames: Sequence[int]) -> Tensor | None:
+    """How much frame j shares each anchor's keys/values: one anchor -> None (all of it); two anchors at the ends ->
+    linear cross-fade ``[1 - j/(f-1), j/(f-1)]`` (our extension for interpolation; see README)."""
+    if len(anchor_frames) == 1:
+        return None
+    if len(anchor_frames) != 2:
+        raise ValueError("K/V sharing supports one or two anchor frames")
+    alpha = torch.linspace(0, 1, num_frames)[:, None]  # [f, 1]
+    return torch.cat([1 - alpha, alpha], dim=1)  # [f, 2]
+
+
+def spatial_processors(
+    controls: Controls,
+    unet: nn.Module,
+    num_frames: int,
+    timesteps: Sequence[int],
+    state: StepState,
+    anchors: Sequence[Anchor],
+) -> dict:
+    """K/V-sharing processors for the selected spatial self-attention layers (empty when sharing is off)."""
+    if not controls.share_kv:
+        return {}
+    active = None if controls.kv_steps == (0.0, 1.0) else steps_in_range(timesteps, controls.kv_steps)
+    weights = anchor_weights(num_frames, [a.frame for a in anchors])
+    if weights is not None:  # made on the UNet's device once, not moved there inside every forward
+        weights = weights.to(next(unet.parameters()).device)
+    return {
+        name: SharedFirstFrameKV(
+            name,
+            num_frames,
+            mode=controls.kv_mode,
+            anchors=tuple(anchors),
+            weights=weights,
+            state=state,
+            active_timesteps=active,
+        )
+        for name, info in spatial_self_attention_layers(unet).items()
+        if info.block in controls.kv_blocks and info.level in controls.kv_levels
+    }
+
+
+def temporal_processors(
+    controls: Controls,
+    motion: nn.Module,
+    num_frames: int,
+    max_positions: int,
+    *,
+    two_anchors: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """Window-attention processors for the selected motion modules. With ``sliding_windows``, clips longer than the
+    position table get, in the other modules, an anchored sliding window (every window keeps frame 0) instead of
+    global attention. ``two_anchors``: the window is anchored at both ends (loops, interpolation). ``device`` and
+    ``dtype``: where the motion modules run."""
+    long_clip = num_frames > max_positions
+    if long_clip and not controls.sliding_windows:
+        raise ValueError(
+            f"{num_frames} frames exceed the motion module's {max_positions} positions; use at most {max_positions} "
+            "frames or enable sliding windows (Controls(sliding_windows=True), CLI controls.sliding_windows=true)"
+        )
+    windowed: FramePattern | None = None
+    if controls.window_attention:
+        make = bidirectional_window_pattern if two_anchors else window_pattern
+        windowed = make(
+            num_frames,
+            controls.window_size,
+            correction=controls.position_correction,
+            num_slots=max_positions if long_clip else None,
+        )
+    sliding = anchored_sliding_pattern(num_frames, max_positions) if long_clip else None
+    windowed_proc = FramePatternAttention(windowed, device, dtype) if windowed is not None else None
+    sliding_proc = FramePatternAttention(sliding, device, dtype) if sliding is not None else None
+    processors = {}
+    for name, info in temporal_attention_layers(motion).items():
+        processor = (
+            windowed_proc if windowed_proc is not None and info.block in controls.window_blocks else sliding_proc
+        )
+        if processor is not None:
+            processors[name] = processor
+    return processors
+
+
+# the loop --------------------------------------------------------------------------------------------------------
 def stepped_denoiser(model: UNetRunner, cond: Tensor, uncond: Tensor, scale: float, state: StepState) -> Denoiser:
     """Guided noise prediction; the processors subscribed to ``state`` do their per-step work around each call."""
     guided = cfg_denoiser(model, cond, uncond, scale)

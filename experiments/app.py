@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from animatezero.controls import BLOCKS, Controls
 from animatezero.hub import DownloadError
 from animatezero.pipeline import AnimateZeroPipeline, new_seed
-from animatezero.results import ImageResult, VideoResult
+from animatezero.results import ImageResult, VideoResult, psnr
 from experiments import common
 from experiments.runs import OutputDirError, OutputPathError, RunRecord, environment, prepare_run_dir
 from models.readers import CheckpointError
@@ -440,7 +440,7 @@ class Session:
         common.write_outputs(files, clip.image, clip.video, fps)
         files["zip"] = Path(shutil.make_archive(str(run_dir / "frames"), "zip", root_dir=files["frames"]))
         image = clip.image
-        psnr0 = common.first_frame_psnr(clip.image, clip.video)
+        psnr0 = round(psnr(clip.video.frames[0], clip.image.image), 3)
         record = RunRecord(
             run_dir,
             kind="app",

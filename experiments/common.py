@@ -1,6 +1,6 @@
 """What the entry points share: turning the Hydra config into explicit objects (device, dtype, Controls, prompt
-items), tiny synthetic checkpoints for ``debug=tiny``, loading the pipeline, the two generation steps with progress
-bars, and writing a run's files. The pipeline is constructed here in code, never from ``_target_`` strings."""
+items), tiny synthetic checkpoints for ``debug=tiny``, loading the pipeline, a progress bar for its per-step callback, and
+writing a run's files. The pipeline is constructed here in code, never from ``_target_`` strings."""
 
 from __future__ import annotations
 
@@ -249,105 +249,11 @@ def fingerprint(fields: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- generation
-def _bar(total: int, desc: str):
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-    return bar, (lambda _info: bar.update(1))
-
-
-def step_one_settings(sampler) -> dict[str, Any]:
-    """The sampler fields that define step 1 (and so the trajectory step 2 must line up with)."""
-    return {
-        "height": int(sampler.height),
-        "width": int(sampler.width),
-        "steps": int(sampler.steps),
-        "guidance_scale": float(sampler.guidance_scale),
-    }
-
-
-def make_image(pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, seed: int, sampler, record_kv: bool):
-    """Step 1: text-to-image with the trajectory (and the K/V bank when ``record_kv``)."""
-    bar, step = _bar(int(sampler.steps), "image")
-    with bar:
-        return pipe.text_to_image(
-            prompt,
-            negative_prompt=negative_prompt,
-            **step_one_settings(sampler),
-            seed=seed,
-            record_kv=record_kv,
-            callback=step,
-        )
-
-
-def make_lockstep(
-    pipe: AnimateZeroPipeline, prompt: str, negative_prompt: str, seed: int, controls: Controls, sampler
-) -> tuple[ImageResult, VideoResult]:
-    """Steps 1 and 2 interleaved (``pipe.generate``): the same image and video as make_image + make_video, holding
-    one step's keys/values instead of all of them."""
-    bar, step = _bar(int(sampler.steps), "image+video")
-    with bar:
-        return pipe.generate(
-            prompt,
-            negative_prompt=negative_prompt,
-            **step_one_settings(sampler),
-            seed=seed,
-            num_frames=int(sampler.num_frames),
-            controls=controls,
-            callback=step,
-        )
-
-
-def invert_image(pipe: AnimateZeroPipeline, path: str, prompt: str, negative_prompt: str, sampler) -> ImageResult:
-    """Real-image step 1: the file fitted to the sampler's size, VAE-encoded and DDIM-inverted."""
-    return pipe.invert_image(
-        path,
-        prompt,
-        **step_one_settings(sampler),
-        negative_prompt=negative_prompt,
-    )
-
-
-def make_video(
-    pipe: AnimateZeroPipeline,
-    image: ImageResult,
-    controls: Controls,
-    seed: int,
-    sampler,
-    *,
-    end_prompt: str | None = None,
-    last: ImageResult | None = None,
-) -> tuple[VideoResult, str]:
-    """Step 2 -> ``(video, mode)``. Every control off is plain AnimateDiff text-to-video (mode ``animatediff``) with
-    the same prompt, seed and sampler as the image; otherwise AnimateZero animates the image."""
-    bar, step = _bar(image.steps, "video")
-    with bar:
-        if not controls.any:
-            video = pipe.text_to_video(
-                image.prompt,
-                num_frames=int(sampler.num_frames),
-                negative_prompt=image.negative_prompt,
-                height=image.height,
-                width=image.width,
-                steps=image.steps,
-                guidance_scale=image.guidance_scale,
-                seed=seed,
-                sliding_windows=controls.sliding_windows,
-                callback=step,
-            )
-            return video, "animatediff"
-        if last is not None:
-            video = pipe.interpolate(
-                image, last, controls=controls, num_frames=int(sampler.num_frames), seed=seed, callback=step
-            )
-            return video, "interpolation"
-        video = pipe.animate(
-            image,
-            controls=controls,
-            num_frames=int(sampler.num_frames),
-            seed=seed,
-            end_prompt=end_prompt,
-            callback=step,
-        )
-        return video, "animatezero"
+@contextmanager
+def progress(total: int, desc: str) -> Iterator[Any]:
+    """A tqdm bar over sampling steps; yields the pipeline ``callback`` that advances it."""
+    with tqdm(total=int(total), desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
+        yield lambda _info: bar.update(1)
 
 
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
@@ -362,13 +268,6 @@ def write_outputs(files: Mapping[str, Path], image: ImageResult, video: VideoRes
     video.save(files["video"], fps=fps)
     video.save(files["gif"], fps=fps)
     video.save(files["frames"])
-
-
-def first_frame_psnr(image: ImageResult, video: VideoResult) -> float:
-    """PSNR (dB) of frame 0 against the step-1 image: ~35+ when latent insertion reproduces it."""
-    from evaluation.fidelity import psnr
-
-    return round(psnr(video.frames[:1], image.image[None]), 3)
 
 
 def wandb_args(node: DictConfig) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def generate(cfg: DictConfig) -> Path:
     check(cfg)  # before the heavy imports: a bad value or missing weights are reported in about a second
     from dataclasses import asdict
 
-    from animatezero.pipeline import new_seed
+    from animatezero.checks import new_seed
+    from animatezero.results import psnr
     from experiments import common
     from experiments.runs import RunRecord, WandbRun, environment, prepare_run_dir
 
@@ -97,24 +98,7 @@ def generate(cfg: DictConfig) -> Path:
                 pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
             if cfg.candidates:
                 return write_candidates(pipe, cfg, seed, out_dir, record, wandb)
-            plain = controls.any and not (
-                cfg.image or cfg.loop or cfg.end_image or cfg.end_image_prompt or cfg.end_prompt
-            )
-            if plain and cfg.lockstep:  # steps 1 and 2 interleaved: one step's keys/values in memory, same result
-                with record.timer("image_and_video"):
-                    image, video = common.make_lockstep(
-                        pipe, cfg.prompt, cfg.negative_prompt, seed, controls, cfg.sampler
-                    )
-                mode = "animatezero"
-            else:
-                with record.timer("image"):
-                    image, last = step_one(pipe, cfg, seed, common.needs_kv(controls))
-                with record.timer("video"):
-                    video, mode = common.make_video(
-                        pipe, image, controls, seed, cfg.sampler, end_prompt=cfg.end_prompt, last=last
-                    )
-                if cfg.loop and mode == "interpolation":
-                    mode = "loop"  # a loop is an interpolation from the image to itself
+            image, video, mode = image_and_video(pipe, cfg, controls, seed, record)
             for k in range(int(cfg.extend)):
                 with record.timer("extend"):
                     video = pipe.continue_video(
@@ -132,7 +116,7 @@ def generate(cfg: DictConfig) -> Path:
         record.failed(e)
         wandb.finish()
         raise
-    metrics = {"first_frame_psnr": common.first_frame_psnr(image, video)}
+    metrics = {"first_frame_psnr": round(psnr(video.frames[0], image.image), 3)}
     # what step 1 kept for step 2 (the recorded keys/values are the large part) and the anchors' reproduction
     record.done(mode=mode, quick_metrics=metrics, image_info=image.info, video_info=video.info)
 
@@ -144,35 +128,82 @@ def generate(cfg: DictConfig) -> Path:
     return out_dir
 
 
-def step_one(pipe, cfg: DictConfig, seed: int, record_kv: bool):
-    """The image to animate (generated, or a real image inverted) and, for loops/interpolation, the last frame's."""
-    from experiments import common
+def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
+    """Step 1 and step 2 -> ``(image, video, mode)``, each pipeline call with a progress bar. The plain case runs in
+    lockstep (``pipe.generate``: one step's keys/values in memory, the same result); every control off is plain
+    AnimateDiff text-to-video with the image's prompt, seed and sampler."""
+    from experiments.common import progress
 
-    if cfg.image is not None:
-        image = common.invert_image(pipe, cfg.image, cfg.prompt, cfg.negative_prompt, cfg.sampler)
-        print(f"[animatezero] {cfg.image}: VAE reconstruction PSNR {image.info['psnr_db']:.2f} dB")
-    else:
-        image = common.make_image(pipe, cfg.prompt, cfg.negative_prompt, seed, cfg.sampler, record_kv)
-    if cfg.loop:
-        return image, image
-    if cfg.end_image is not None:
-        return image, common.invert_image(pipe, cfg.end_image, cfg.prompt, cfg.negative_prompt, cfg.sampler)
-    if cfg.end_image_prompt is not None:
-        end_seed = int(cfg.end_seed) if cfg.end_seed is not None else seed
-        last = common.make_image(pipe, cfg.end_image_prompt, cfg.negative_prompt, end_seed, cfg.sampler, record_kv)
-        return image, last
-    return image, None
+    sampler = cfg.sampler
+    frames = int(sampler.num_frames)
+    step_one = dict(height=int(sampler.height), width=int(sampler.width), steps=int(sampler.steps))
+    step_one.update(guidance_scale=float(sampler.guidance_scale), negative_prompt=cfg.negative_prompt)
+    one_image = not (cfg.image or cfg.loop or cfg.end_image or cfg.end_image_prompt or cfg.end_prompt)
+    if controls.any and cfg.lockstep and one_image:
+        with record.timer("image_and_video"), progress(step_one["steps"], "image+video") as step:
+            image, video = pipe.generate(
+                cfg.prompt, **step_one, seed=seed, num_frames=frames, controls=controls, callback=step
+            )
+        return image, video, "animatezero"
+
+    def make_image(prompt: str, seed: int):
+        with progress(step_one["steps"], "image") as step:
+            record_kv = controls.share_kv and controls.kv_source == "cached"
+            return pipe.text_to_image(prompt, **step_one, seed=seed, record_kv=record_kv, callback=step)
+
+    def invert(path: str):
+        return pipe.invert_image(path, cfg.prompt, **step_one)
+
+    with record.timer("image"):
+        image = invert(cfg.image) if cfg.image is not None else make_image(cfg.prompt, seed)
+        if cfg.image is not None:
+            print(f"[animatezero] {cfg.image}: VAE reconstruction PSNR {image.info['psnr_db']:.2f} dB")
+        last = image if cfg.loop else invert(cfg.end_image) if cfg.end_image is not None else None
+        if cfg.end_image_prompt is not None:
+            last = make_image(cfg.end_image_prompt, int(cfg.end_seed) if cfg.end_seed is not None else seed)
+    with record.timer("video"), progress(image.steps, "video") as step:
+        if not controls.any:
+            video = pipe.text_to_video(
+                image.prompt,
+                num_frames=frames,
+                negative_prompt=image.negative_prompt,
+                height=image.height,
+                width=image.width,
+                steps=image.steps,
+                guidance_scale=image.guidance_scale,
+                seed=seed,
+                sliding_windows=controls.sliding_windows,
+                callback=step,
+            )
+            return image, video, "animatediff"
+        if last is not None:  # a loop is an interpolation from the image to itself
+            video = pipe.interpolate(image, last, controls=controls, num_frames=frames, seed=seed, callback=step)
+            return image, video, "loop" if cfg.loop else "interpolation"
+        video = pipe.animate(
+            image, controls=controls, num_frames=frames, seed=seed, end_prompt=cfg.end_prompt, callback=step
+        )
+        return image, video, "animatezero"
 
 
 def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record, wandb) -> Path:
     """Interactive generation, step 1: candidate images for consecutive seeds; animate one by rerunning with its seed
     (the same seed and settings reproduce the image exactly)."""
-    from experiments import common
+    from experiments.common import progress
 
     seeds = list(range(seed, seed + int(cfg.candidates)))
-    paths = {}
+    sampler, paths = cfg.sampler, {}
     for s in seeds:
-        image = common.make_image(pipe, cfg.prompt, cfg.negative_prompt, s, cfg.sampler, False)
+        with progress(int(sampler.steps), "image") as step:
+            image = pipe.text_to_image(
+                cfg.prompt,
+                negative_prompt=cfg.negative_prompt,
+                height=int(sampler.height),
+                width=int(sampler.width),
+                steps=int(sampler.steps),
+                guidance_scale=float(sampler.guidance_scale),
+                seed=s,
+                callback=step,
+            )
         paths[s] = image.save(out_dir / "candidates" / f"seed_{s}.png").relative_to(out_dir).as_posix()
     # run.json lists only what this run wrote: the candidate images (no image.png or video)
     record.done(mode="candidates", candidates=paths, files={f"seed_{s}": p for s, p in paths.items()})

@@ -65,6 +65,7 @@ def sweep(cfg: DictConfig) -> Path:
     cli.apply_shortcuts(cfg)  # the plain values first, before the heavy imports
     cli.check_values(cfg)
     from animatezero.io import atomic_path, write_json
+    from animatezero.results import psnr
     from experiments import common
     from experiments.runs import RunRecord, WandbRun, environment, inside, prepare_run_dir
 
@@ -109,6 +110,8 @@ def sweep(cfg: DictConfig) -> Path:
                 + ("; run the same command again to resume" if left or failed else "")
             )
 
+        sampler = {k: int(cfg.sampler[k]) for k in ("height", "width", "steps", "num_frames")}
+        sampler["guidance_scale"] = float(cfg.sampler.guidance_scale)
         try:
             pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
             for item in items:
@@ -116,10 +119,16 @@ def sweep(cfg: DictConfig) -> Path:
                 if not labels:
                     continue
                 timing = RunRecord(root)
-                with timing.timer("image"):  # step 1 once per prompt, shared by its configurations
-                    record_kv = any(common.needs_kv(configurations[label]) for label in labels)
-                    image = common.make_image(
-                        pipe, item["prompt"], item["negative_prompt"], item["seed"], cfg.sampler, record_kv
+                step_one = {k: sampler[k] for k in ("height", "width", "steps", "guidance_scale")}
+                with timing.timer("image"), common.progress(sampler["steps"], "image") as step:
+                    # step 1 once per prompt, shared by its configurations
+                    image = pipe.text_to_image(
+                        item["prompt"],
+                        negative_prompt=item["negative_prompt"],
+                        **step_one,
+                        seed=item["seed"],
+                        record_kv=any(common.needs_kv(configurations[label]) for label in labels),
+                        callback=step,
                     )
                 for label in labels:
                     controls, name = configurations[label], f"{label}/{item['dirname']}"
@@ -138,13 +147,14 @@ def sweep(cfg: DictConfig) -> Path:
                         **env,
                     )
                     record.data["timings"].update(timing.data["timings"])
-                    with record.timer("video"):
-                        video, mode = common.make_video(pipe, image, controls, item["seed"], cfg.sampler)
+                    with record.timer("video"), common.progress(image.steps, "video") as step:
+                        video = animate(pipe, image, controls, item["seed"], sampler["num_frames"], step)
+                    mode = "animatezero" if controls.any else "animatediff"
                     with atomic_path(record.run_dir, directory=True) as tmp:  # the item appears whole, or not at all
                         files = common.run_files(cfg, tmp)
                         with record.timer("write"):
                             common.write_outputs(files, image, video, int(cfg.sampler.fps))
-                        metrics = {"first_frame_psnr": common.first_frame_psnr(image, video)}
+                        metrics = {"first_frame_psnr": round(psnr(video.frames[0], image.image), 3)}
                         record.done(tmp, mode=mode, quick_metrics=metrics, files={k: p.name for k, p in files.items()})
                     record.run_dir.chmod(0o755)
                     finished += 1
@@ -164,6 +174,25 @@ def sweep(cfg: DictConfig) -> Path:
             wandb.finish()
     summary("summary")
     return root
+
+
+def animate(pipe, image, controls, seed: int, num_frames: int, callback):
+    """Step 2 of one configuration: AnimateZero animates the image; with every control off, plain AnimateDiff
+    text-to-video with the image's prompt, seed and sampler (the baseline)."""
+    if controls.any:
+        return pipe.animate(image, controls=controls, num_frames=num_frames, seed=seed, callback=callback)
+    return pipe.text_to_video(
+        image.prompt,
+        num_frames=num_frames,
+        negative_prompt=image.negative_prompt,
+        height=image.height,
+        width=image.width,
+        steps=image.steps,
+        guidance_scale=image.guidance_scale,
+        seed=seed,
+        sliding_windows=controls.sliding_windows,
+        callback=callback,
+    )
 
 
 @hydra.main(config_path="pkg://configs", config_name="sweep", version_base="1.3")

@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from animatezero.controls import Controls, temporal_processors
+from animatezero.controls import Controls
 from animatezero.hooks import installed
+from animatezero.method import temporal_processors
 from models.attention import Attention
 
 SIZE, STEPS, FRAMES = 64, 2, 4

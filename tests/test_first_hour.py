@@ -323,12 +323,10 @@ def test_sweep_bad_values_one_line_nothing_on_disk(bad, message, tiny_cache, tmp
 
 
 def test_sweep_summary_on_ctrl_c(tiny_cache, tmp_path, monkeypatch, capsys):
-    from experiments import common
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, "make_video", interrupted)
+    monkeypatch.setattr(sw, "animate", interrupted)  # Ctrl-C during the first item's step 2
     monkeypatch.chdir(tmp_path)
     argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", "sweep_dir=sw", "shard.count=99"]
     with pytest.raises(KeyboardInterrupt):

@@ -67,27 +67,33 @@ def sweep_cfg(cache, sweep_dir, *overrides):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts of pipeline loads, step-1 images and step-2 videos made by the sweep."""
+    """Counts of pipeline loads, step-1 images and step-2 videos (prompt, plain AnimateDiff?) made by the sweep."""
     counts = {"load_pipeline": 0, "make_image": 0, "make_video": []}
-    real = {name: getattr(common, name) for name in ("load_pipeline", "make_image", "make_video")}
+    real_load = common.load_pipeline
+
+    def step_two(method, plain: bool):  # plain: AnimateDiff text-to-video (every control off)
+        def call(first, *a, **k):
+            counts["make_video"].append((first if plain else first.prompt, plain))
+            if counts.get("interrupt_at") == len(counts["make_video"]):
+                raise KeyboardInterrupt
+            return method(first, *a, **k)
+
+        return call
 
     def load_pipeline(*a, **k):
         counts["load_pipeline"] += 1
-        return real["load_pipeline"](*a, **k)
+        pipe = real_load(*a, **k)
+        text_to_image = pipe.text_to_image
 
-    def make_image(*a, **k):
-        counts["make_image"] += 1
-        return real["make_image"](*a, **k)
+        def make_image(*a, **k):
+            counts["make_image"] += 1
+            return text_to_image(*a, **k)
 
-    def make_video(pipe, image, controls, seed, sampler):
-        counts["make_video"].append((image.prompt, controls == common.Controls.animatediff()))
-        if counts.get("interrupt_at") == len(counts["make_video"]):
-            raise KeyboardInterrupt
-        return real["make_video"](pipe, image, controls, seed, sampler)
+        pipe.text_to_image = make_image
+        pipe.animate, pipe.text_to_video = step_two(pipe.animate, False), step_two(pipe.text_to_video, True)
+        return pipe
 
     monkeypatch.setattr(common, "load_pipeline", load_pipeline)
-    monkeypatch.setattr(common, "make_image", make_image)
-    monkeypatch.setattr(common, "make_video", make_video)
     return counts
 
 
