@@ -22,13 +22,12 @@ Metric keys (all per video; ``*_wo_f0`` is the same metric on ``frames[1:]``, do
 ``toyworld`` (prompt accuracy, motion accuracy, consistency with frame 0, smoothness, frame-0 PSNR) needs a prompt in
 the toy world's grammar and is skipped, with the reason recorded, for any other prompt.
 
-Command line: ``python -m evaluation.evaluate PATH [--force] [--metrics text_sim,warping_error] [--device cuda]``;
-PATH is a run directory (has ``run.json``) or a sweep folder.
+The command line is ``python -m experiments.evaluate run_dir=PATH`` (configs/evaluate.yaml); PATH is a run directory
+(has ``run.json``) or a sweep folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as _dt
 import io as _io
@@ -36,7 +35,6 @@ import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -499,61 +497,3 @@ def _metric_order(key: str) -> int:
         if key.startswith(group) or (group == "motion" and key == "dynamic"):
             return i
     return len(ALL_METRICS)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("path", help="a run directory (with run.json) or a sweep folder")
-    parser.add_argument("--force", action="store_true", help="re-evaluate runs that already have metrics.json")
-    parser.add_argument("--metrics", default=None, help=f"comma-separated subset of {','.join(ALL_METRICS)}")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
-    parser.add_argument("--clip-model", default=EvalConfig.clip_model)
-    parser.add_argument("--clip-pretrained", default=EvalConfig.clip_pretrained)
-    parser.add_argument("--flow-model", default=EvalConfig.flow_model, choices=("raft_large", "raft_small"))
-    parser.add_argument("--flow-weights", default=EvalConfig.flow_weights)
-    parser.add_argument("--flow-updates", type=int, default=EvalConfig.flow_updates)
-    parser.add_argument("--flow-scale", type=float, default=EvalConfig.flow_scale)
-    parser.add_argument("--style-variant", default=EvalConfig.style_variant, choices=tuple(STYLE_VARIANTS))
-    parser.add_argument("--style-size", type=int, default=EvalConfig.style_size)
-    parser.add_argument("--group-by", default="", help="comma-separated config columns for metrics_summary.json")
-    parser.add_argument("--offline", action="store_true", help="never download evaluator weights")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    config = EvalConfig(
-        device=args.device,
-        precision=args.precision,
-        clip_model=args.clip_model,
-        clip_pretrained=args.clip_pretrained,
-        flow_model=args.flow_model,
-        flow_weights=args.flow_weights,
-        flow_updates=args.flow_updates,
-        flow_scale=args.flow_scale,
-        style_variant=args.style_variant,
-        style_size=args.style_size,
-        allow_download=False if args.offline else None,
-    )
-    path = Path(args.path)
-    try:
-        if (path / "run.json").is_file():
-            if not args.force and _is_finished(path / "metrics.json", _select(args.metrics)):
-                print(f"{path / 'metrics.json'} exists (use --force to recompute)")
-                return 0
-            result = evaluate_run(path, args.metrics, config=config)
-            print(json.dumps(result["metrics"], indent=2))
-        else:
-            group_by = [g for g in args.group_by.split(",") if g]
-            rows = evaluate_sweep(path, args.metrics, config=config, force=args.force, group_by=group_by)
-            print(f"{len(rows)} runs -> {path / 'metrics.csv'}, {path / 'metrics_summary.json'}")
-    except EvaluatorUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from evaluation import PSNR_CAP_DB
 from evaluation import extractors as ex
-from evaluation.evaluate import ALL_METRICS, EvalConfig, Networks, evaluate_run, evaluate_sweep, find_runs, main
+from evaluation.evaluate import ALL_METRICS, EvalConfig, Networks, evaluate_run, evaluate_sweep, find_runs
 from evaluation.io import read_image, read_video, to_uint8, write_frames, write_image
 
 
@@ -220,14 +221,32 @@ def test_evaluate_sweep_writes_csv_and_skips_finished_runs(tmp_path):
 # ----------------------------------------------------------------------------------------------- CLI and offline
 
 
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """``python -m experiments.evaluate ARGS`` (the one command line for metrics) -> (exit status, stdout, stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import evaluate as cli
+
+    monkeypatch.setattr(sys, "argv", ["python -m experiments.evaluate", *args, "wandb.mode=disabled"])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def test_cli_reports_missing_weights_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download attempted"))
     ex.clear_cache()
     make_run(tmp_path / "run")
-    assert main([str(tmp_path / "run"), "--metrics", "motion", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_cli([f"run_dir={tmp_path / 'run'}", "metrics=motion", "eval.device=cpu"], monkeypatch, capsys)
+    assert code == 2
     assert "raft_large_C_T_V1-22a6c225.pth" in err and str(tmp_path / "torch") in err
     assert not (tmp_path / "run" / "metrics.json").exists()
     ex.clear_cache()
@@ -236,11 +255,12 @@ def test_cli_reports_missing_weights_offline(tmp_path, monkeypatch, capsys):
 def test_cli_computes_weight_free_metrics_and_respects_existing_results(tmp_path, monkeypatch, capsys):
     make_run(tmp_path / "run")
     monkeypatch.setattr(ex, "lpips_alex", lambda **kwargs: toy_lpips)  # the one network first_frame needs
-    assert main([str(tmp_path / "run"), "--metrics", "first_frame", "--device", "cpu"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["first_frame_psnr"] == PSNR_CAP_DB
-    assert main([str(tmp_path / "run"), "--metrics", "first_frame"]) == 0
-    assert "exists" in capsys.readouterr().out
+    args = [f"run_dir={tmp_path / 'run'}", "metrics=first_frame"]
+    code, out, _ = run_cli([*args, "eval.device=cpu"], monkeypatch, capsys)
+    assert code == 0
+    assert json.loads(out[out.index("{") :])["first_frame_psnr"] == PSNR_CAP_DB
+    code, out, _ = run_cli(args, monkeypatch, capsys)
+    assert code == 0 and "exists" in out
 
 
 def test_defaults_match_metrics_md():
