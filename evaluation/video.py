@@ -1,7 +1,7 @@
 """The one input convention of ``evaluation/``: videos are float ``[F, 3, H, W]`` in [0, 1], images ``[1, 3, H, W]``.
 
 :func:`as_video` and :func:`as_image` are the only places that accept other layouts (uint8 ``[F, H, W, 3]`` as
-decoders and ``imageio`` give them, numpy arrays, single images). The resize helpers are the fixed resize path of
+decoders give them, numpy arrays, single images). The resize helpers are the fixed resize path of
 docs/metrics.md §2 (antialiased, as ``torchvision.transforms.functional.resize(antialias=True)`` does on tensors).
 """
 
