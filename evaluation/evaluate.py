@@ -62,7 +62,7 @@ from evaluation.flow import (
     top_flow_magnitude_per_pair,
     warping_error_per_pair,
 )
-from evaluation.io import read_image, read_video
+from evaluation.io import atomic_write_text, load_run_video, read_image, reference_paths
 from evaluation.protocols import FeatureExtractor, FlowEstimator, ImageTextEncoder, PerceptualDistance, network_meta
 from evaluation.runs import find_runs, run_status  # noqa: F401 - find_runs is part of this module's API
 from evaluation.stats import summarize_rows
@@ -93,7 +93,6 @@ NETWORK_OF = {
     "toyworld": None,  # analytic: no network
 }
 STYLE_VARIANTS = {"gram_relu": ("relu", "gram"), "gram_conv": ("conv", "gram"), "meanstd": ("relu", "meanstd")}
-VIDEO_FILES = ("video.mp4", "video.gif", "video.webm")
 
 
 @dataclass
@@ -164,21 +163,6 @@ class Networks:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _json_safe(value: Any) -> Any:
     """NaN/inf -> None (strict JSON), tensors -> lists, recursively."""
     if isinstance(value, Tensor):
@@ -190,30 +174,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def load_run_video(run_dir: Path) -> tuple[Tensor, str]:
-    """The run's frames (``frames/`` preferred over an encoded video) and which source was used."""
-    frames_dir = run_dir / "frames"
-    if frames_dir.is_dir() and any(frames_dir.iterdir()):
-        return read_video(frames_dir), "frames/"
-    for name in VIDEO_FILES:
-        if (run_dir / name).is_file():
-            return read_video(run_dir / name), name
-    raise FileNotFoundError(f"{run_dir}: no frames/ folder and none of {VIDEO_FILES}")
-
-
-def _reference_paths(run_dir: Path, run: Mapping[str, Any]) -> list[Path]:
-    refs = run.get("reference_images") or []
-    if isinstance(refs, str):
-        refs = [refs]
-    paths = [p if p.is_absolute() else run_dir / p for p in map(Path, refs)]
-    if not paths and (run_dir / "image.png").is_file():
-        paths = [run_dir / "image.png"]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir}: reference images not found: {missing}")
-    return paths
 
 
 def _select(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -321,7 +281,7 @@ def evaluate_run(
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     frames, source = load_run_video(run_dir)
     image = read_image(run_dir / "image.png") if (run_dir / "image.png").is_file() else None
-    ref_paths = _reference_paths(run_dir, run)
+    ref_paths = reference_paths(run_dir, run)
     references = torch.cat([read_image(p) for p in ref_paths]) if ref_paths else None
     prompt = run.get("prompt")
 

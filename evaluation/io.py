@@ -1,4 +1,5 @@
-"""Reading videos and images into the ``[F, 3, H, W]`` float [0, 1] convention, and writing PNG frames.
+"""Reading videos and images into the ``[F, 3, H, W]`` float [0, 1] convention (also a run directory's video and
+reference images), writing PNG frames, and writing result files atomically.
 
 Frames from a folder of PNGs are preferred (no codec loss, docs/metrics.md §2); mp4/webm/mov are decoded with PyAV,
 GIFs with Pillow (which composites partial frames).
@@ -7,7 +8,9 @@ GIFs with Pillow (which composites partial frames).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +18,7 @@ from torch import Tensor
 
 from evaluation.video import as_image, as_video
 
+VIDEO_FILES = ("video.mp4", "video.gif", "video.webm")  # a run's encoded video, if it has no frames/
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
@@ -94,3 +98,43 @@ def write_image(image: Tensor, path: str | os.PathLike) -> None:
     from PIL import Image
 
     Image.fromarray(to_uint8(as_image(image))[0]).save(path)
+
+
+def load_run_video(run_dir: Path) -> tuple[Tensor, str]:
+    """The run's frames (``frames/`` preferred over an encoded video) and which source was used."""
+    frames_dir = run_dir / "frames"
+    if frames_dir.is_dir() and any(frames_dir.iterdir()):
+        return read_video(frames_dir), "frames/"
+    for name in VIDEO_FILES:
+        if (run_dir / name).is_file():
+            return read_video(run_dir / name), name
+    raise FileNotFoundError(f"{run_dir}: no frames/ folder and none of {VIDEO_FILES}")
+
+
+def reference_paths(run_dir: Path, run: Mapping[str, Any]) -> list[Path]:
+    """The images a run's video is compared with: ``run.json``'s ``reference_images``, else its ``image.png``."""
+    refs = run.get("reference_images") or []
+    if isinstance(refs, str):
+        refs = [refs]
+    paths = [p if p.is_absolute() else run_dir / p for p in map(Path, refs)]
+    if not paths and (run_dir / "image.png").is_file():
+        paths = [run_dir / "image.png"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: reference images not found: {missing}")
+    return paths
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, fsync it, then ``os.replace`` it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
