@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import contextmanager
 from dataclasses import replace as replace_fields
 
 import torch
@@ -23,6 +22,7 @@ from animatezero.hooks import installed, spatial_self_attention_layers
 from animatezero.hub import default_cache_dir
 from animatezero.method import AnchorFrame, LockstepImage, sample_video, stepped_denoiser
 from animatezero.processors import KVBank, RecordKV, StepState
+from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult, psnr
 from models.ddim import DDIMSchedule, ddim_sample
 from models.runner import UNetRunner
@@ -193,23 +193,6 @@ class AnimateZeroPipeline(Applications):
         frames = self.decode(z0.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))  # [f, 3, H, W]
         return VideoResult(frames=frames.cpu(), latents=z0, prompt=prompt, seed=seed)
 
-    @contextmanager
-    def _steps_bar(self, steps: int, desc: str, callback):
-        """The per-step callback, advancing a tqdm bar over the sampling steps first when ``self.progress``."""
-        if not self.progress:
-            yield callback
-            return
-        from tqdm.auto import tqdm
-
-        with tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
-
-            def step(info) -> None:
-                bar.update(1)
-                if callback is not None:
-                    callback(info)
-
-            yield step
-
     def _recorders(self, bank: KVBank | None, state: StepState) -> dict:
         """Spatial self-attention layer -> a recorder of its keys/values into ``bank`` (None: plain attention)."""
         return {
@@ -235,7 +218,7 @@ class AnimateZeroPipeline(Applications):
         denoise = stepped_denoiser(
             self.runner, self.encode_prompt(prompt), self.encode_prompt(negative_prompt), guidance_scale, state
         )
-        with self._steps_bar(steps, "image", callback) as step, self.runner.using(self.unet):
+        with step_bar(steps, "image", callback, self.progress) as step, self.runner.using(self.unet):
 
             def record(s) -> None:  # the latent entering each step, then the caller's callback
                 trajectory.append(s.x)
@@ -284,7 +267,7 @@ class AnimateZeroPipeline(Applications):
         return torch.lerp(start[:, None], self.encode_prompt(end_prompt)[:, None], alpha)  # [1, f, 77, d]
 
     def _sample_video(self, x, cond, uncond, guidance_scale, steps, controls, anchors, callback, image=None) -> Tensor:
-        with self._steps_bar(steps, "video", callback) as step:
+        with step_bar(steps, "video", callback, self.progress) as step:
             args = (x, cond, uncond, guidance_scale, steps, controls, anchors)
             return sample_video(self.runner, self.schedule, *args, image=image, callback=step)
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from animatezero.controls import Controls
 from animatezero.hub import checkpoint_sha256, resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
+from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult
 from experiments.cli import ConfigError
 from experiments.runs import check_name, distinct_outputs, inside
@@ -249,11 +249,9 @@ def fingerprint(fields: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- generation
-@contextmanager
-def progress(total: int, desc: str) -> Iterator[Any]:
-    """A tqdm bar over sampling steps; yields the pipeline ``callback`` that advances it."""
-    with tqdm(total=int(total), desc=desc, unit="step", leave=False, dynamic_ncols=True) as bar:
-        yield lambda _info: bar.update(1)
+def progress(total: int, desc: str):
+    """A tqdm bar over sampling steps; the context yields the pipeline ``callback`` that advances it."""
+    return step_bar(total, desc)
 
 
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
