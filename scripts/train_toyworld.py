@@ -2,12 +2,14 @@
 
 AnimateDiff's recipe, on the procedural world of :mod:`evaluation.toyworld`:
 
-1. ``vae``: the SD1.5 VAE architecture (``ch`` 32, mult 1,2,2,2: 64x64 RGB <-> 8x8x4) as an autoencoder (L1 + MSE
-   + a small KL), then rescaled so its latents times SD's 0.18215 have unit variance.
-2. ``unet``: the SD1.5 UNet (``model_channels`` 32, mult 1,2,2,2, attention at levels 0-2, 8 heads) and a CLIP text
+1. ``vae``: the SD1.5 VAE architecture at a small width (``ch`` 64, mult 1,1,1,1, one ResBlock per level: 64x64 RGB
+   <-> 8x8x4) as an autoencoder (L1 + MSE + a small KL) on 32x32 crops that always hold the object, then rescaled
+   exactly so that its latents times SD's 0.18215 have unit variance.
+2. ``unet``: the SD1.5 UNet (``model_channels`` 64, mult 1,1,1,1, two ResBlocks per level, attention at levels 0-2) and a CLIP text
    encoder of the real architecture (width 32, 2 layers, the real 49,408-token vocabulary and tokenizer), trained
    together on single frames (text-to-image; eps prediction on AnimateDiff's linear-beta schedule, 10% empty
-   captions for classifier-free guidance, EMA weights).
+   captions for classifier-free guidance, EMA weights). Widths are at least 64 where it matters: SD's GroupNorms
+   have 32 groups, and at one channel per group the UNet's output norm would erase every per-image constant.
 3. ``motion``: an AnimateDiff motion module in the v2 layout (with the mid-block module; ``proj_out`` zero-initialised
    as in AnimateDiff) trained on 16-frame clips with the spatial UNet and the text encoder frozen.
 4. ``export``: an LDM single file (``model.diffusion_model.*``, ``first_stage_model.*``,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -53,28 +56,29 @@ from models.tokenizer import CLIPTokenizer  # noqa: E402
 from models.unet import UNetModel  # noqa: E402
 from models.vae import LATENT_SCALE, AutoencoderKL  # noqa: E402
 
-UNET = UNetConfig(model_channels=32, channel_mult=(1, 2, 2, 2), context_dim=32)
-VAE = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+UNET = UNetConfig(model_channels=64, channel_mult=(1, 1, 1, 1), context_dim=32)
+VAE = VAEConfig(ch=64, ch_mult=(1, 1, 1, 1), num_res_blocks=1)
 CLIP = CLIPTextConfig(width=32, layers=2, heads=1, mlp_dim=128)
-MOTION = MotionConfig.for_version(2, UNET.block_channels)
+MOTION = dataclasses.replace(MotionConfig.for_version(2, UNET.block_channels), layers_per_block=UNET.num_res_blocks)
 ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
 CHECKPOINT_NAME = "toyworld_sd15.safetensors"
 MOTION_NAME = "mm_toyworld_v2.safetensors"
 STAGES = ("vae", "unet", "motion")
-DEFAULT_STEPS = {"vae": 500, "unet": 3000, "motion": 2000}
+DEFAULT_STEPS = {"vae": 3000, "unet": 2000, "motion": 1500}
 DEFAULT_BATCH = {"vae": 8, "unet": 32, "motion": 2}
 POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents  # frames, frames, clips
-DEFAULT_LR = {"vae": 1e-3, "unet": 5e-4, "motion": 5e-4}
+DEFAULT_LR = {"vae": 5e-4, "unet": 5e-4, "motion": 5e-4}
 CAPTION_DROPOUT = 0.1
 EMA_DECAY = 0.998
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def frame_batch(rng: random.Random, n: int) -> tuple[list[str], Tensor]:
-    """``n`` random single frames of random clips (captions, ``[n, 3, 64, 64]`` in [-1, 1])."""
+def frame_batch(rng: random.Random, n: int) -> tuple[list[str], Tensor, list[tuple[float, float]]]:
+    """``n`` random single frames of random clips: captions, ``[n, 3, 64, 64]`` in [-1, 1], object centres (x, y)."""
     scenes = [sample_scene(rng.randrange(EVAL_SEED_BASE)) for _ in range(n)]
-    frames = render_batch(scenes, [rng.random() for _ in range(n)])  # [n, 3, 64, 64]
-    return [s.caption for s in scenes], frames * 2 - 1
+    ts = [rng.random() for _ in range(n)]
+    frames = render_batch(scenes, ts)  # [n, 3, 64, 64]
+    return [s.caption for s in scenes], frames * 2 - 1, [s.at(t)[:2] for s, t in zip(scenes, ts)]
 
 
 def clip_batch(rng: random.Random, n: int) -> tuple[list[str], Tensor]:
@@ -193,10 +197,17 @@ def train_vae(out: Path, args, log) -> AutoencoderKL:
     stage = Stage("vae", out, {"vae": vae}, vae.parameters(), DEFAULT_LR["vae"], args.seed)
 
     def loss_fn(rng):
-        _, x = frame_batch(rng, args.batch_vae)  # [b, 3, 64, 64]
-        c = args.vae_crop  # convolutions are shift-equivariant: train on crops (cheaper), aligned to the latent grid
-        i, j = rng.randrange(0, 65 - c, 8), rng.randrange(0, 65 - c, 8)
-        x = x[:, :, i : i + c, j : j + c]  # [b, 3, c, c]
+        _, frames, centres = frame_batch(rng, args.batch_vae)  # [b, 3, 64, 64]
+        # Convolutions are shift-equivariant, so train on crops (cheaper), aligned to the latent grid and always
+        # holding the object: a crop of plain background cannot be encoded, because the encoder's last GroupNorm
+        # (one channel per group at this width) erases whatever is constant over the crop.
+        c = args.vae_crop
+        crops = []
+        for frame, (cx, cy) in zip(frames, centres):
+            i = min(max(int(cy) - rng.randrange(8, c - 8), 0), 64 - c) // 8 * 8
+            j = min(max(int(cx) - rng.randrange(8, c - 8), 0), 64 - c) // 8 * 8
+            crops.append(frame[:, i : i + c, j : j + c])
+        x = torch.stack(crops)  # [b, 3, c, c]
         mean, logvar = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)  # [b, 4, 8, 8] each
         z = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * torch.randn_like(mean)
         rec = vae.decoder(vae.post_quant_conv(z))
@@ -215,7 +226,7 @@ def normalize_latents(vae: AutoencoderKL, n: int = 512) -> float:
     """Rescale the latent space exactly (quant_conv's mean rows x s, post_quant_conv's input columns / s, logvar + 2
     log s) so that ``LATENT_SCALE * mean`` has unit standard deviation, as SD's pipelines assume. Returns s."""
     rng = random.Random(1234)
-    _, x = frame_batch(rng, n)
+    _, x, _ = frame_batch(rng, n)
     mean = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0]
     s = 1.0 / (LATENT_SCALE * mean.std().item())
     z = VAE.z_channels
@@ -361,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--save-every", type=int, default=100)
-    ap.add_argument("--vae-crop", type=int, default=24, help="VAE training crop size (a multiple of 8)")
+    ap.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size (a multiple of 8)")
     ap.add_argument("--pool-clips", type=int, default=POOL_CLIPS, help="clips encoded once for the UNet/motion stages")
     ap.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless WANDB_MODE is set)")
     for s in STAGES:
