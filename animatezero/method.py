@@ -24,11 +24,17 @@ from torch import Tensor, nn
 
 from animatezero.controls import Controls, steps_in_range
 from animatezero.hooks import installed, spatial_self_attention_layers, temporal_attention_layers
-from animatezero.processors import Anchor, FramePatternAttention, KVBank, SharedFirstFrameKV, StepState
+from animatezero.processors import Anchor, FramePatternAttention, KVBank, RecordKV, SharedFirstFrameKV, StepState
 from animatezero.windows import FramePattern, anchored_sliding_pattern, bidirectional_window_pattern, window_pattern
 from models.ddim import DDIMSchedule, Denoiser, StepInfo, ddim_step
 from models.guidance import cfg_denoiser
 from models.runner import UNetRunner
+
+
+def recorders(unet: nn.Module, bank: KVBank | None, state: StepState) -> dict:
+    """Step 1's processors: every spatial self-attention layer records its keys/values into ``bank`` at the end of
+    each step (paper Sec. 4.1, "latents and their features"); with no bank the layers run plainly (None)."""
+    return {n: RecordKV(n, bank, state) if bank is not None else None for n in spatial_self_attention_layers(unet)}
 
 
 # which processors go where (from the Controls) -------------------------------------------------------------------

@@ -18,10 +18,10 @@ from animatezero import checks
 from animatezero.applications import Applications
 from animatezero.checks import NonFiniteError, new_seed
 from animatezero.controls import Controls
-from animatezero.hooks import installed, spatial_self_attention_layers
+from animatezero.hooks import installed
 from animatezero.hub import default_cache_dir
-from animatezero.method import AnchorFrame, LockstepImage, sample_video, stepped_denoiser
-from animatezero.processors import KVBank, RecordKV, StepState
+from animatezero.method import AnchorFrame, LockstepImage, recorders, sample_video, stepped_denoiser
+from animatezero.processors import KVBank, StepState
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult, psnr
 from models.ddim import DDIMSchedule, ddim_sample
@@ -193,12 +193,6 @@ class AnimateZeroPipeline(Applications):
         frames = self.decode(z0.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))  # [f, 3, H, W]
         return VideoResult(frames=frames.cpu(), latents=z0, prompt=prompt, seed=seed)
 
-    def _recorders(self, bank: KVBank | None, state: StepState) -> dict:
-        """Spatial self-attention layer -> a recorder of its keys/values into ``bank`` (None: plain attention)."""
-        return {
-            n: RecordKV(n, bank, state) if bank is not None else None for n in spatial_self_attention_layers(self.unet)
-        }
-
     # step 1 ----------------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def text_to_image(
@@ -213,7 +207,7 @@ class AnimateZeroPipeline(Applications):
         checks.check_sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, height // 8, width // 8), seed)
         state, bank = StepState(), KVBank() if record_kv else None
-        recorders = self._recorders(bank, state) if bank is not None else {}
+        recording = recorders(self.unet, bank, state) if bank is not None else {}
         trajectory: list[Tensor] = []
         denoise = stepped_denoiser(
             self.runner, self.encode_prompt(prompt), self.encode_prompt(negative_prompt), guidance_scale, state
@@ -225,7 +219,7 @@ class AnimateZeroPipeline(Applications):
                 if step is not None:
                     step(s)
 
-            with installed(self.unet, recorders):
+            with installed(self.unet, recording):
                 z0 = ddim_sample(denoise, x, self.schedule, steps, callback=record)
         info = {"kv_bank_bytes": bank.nbytes} if bank is not None else {}
         image = self._image_result([*trajectory, z0], steps, prompt, negative_prompt, guidance_scale, seed, **info)
@@ -241,7 +235,7 @@ class AnimateZeroPipeline(Applications):
         state, bank = StepState(), KVBank()
         cond, uncond = self.encode_prompt(image.prompt), self.encode_prompt(image.negative_prompt)
         denoise = stepped_denoiser(self.runner, cond, uncond, image.guidance_scale, state)
-        with self.runner.using(self.unet), installed(self.unet, self._recorders(bank, state)):
+        with self.runner.using(self.unet), installed(self.unet, recorders(self.unet, bank, state)):
             for latent, t in zip(image.trajectory, image.timesteps):
                 denoise(latent.to(self.device, self.dtype), t)
         image.kv_bank = bank
@@ -355,7 +349,10 @@ class AnimateZeroPipeline(Applications):
         # during an image step the spatial self-attention layers record (cached K/V) or run plainly (None), whatever
         # the video's processors on them are
         image = LockstepImage(
-            stepped_denoiser(self.runner, cond, uncond, guidance_scale, state), self._recorders(bank, state), [z], bank
+            stepped_denoiser(self.runner, cond, uncond, guidance_scale, state),
+            recorders(self.unet, bank, state),
+            [z],
+            bank,
         )
         z0 = self._sample_video(
             x, cond, uncond, guidance_scale, steps, controls, [AnchorFrame(0, image.trajectory, bank)], callback, image
