@@ -16,7 +16,6 @@ what each one computes is in :mod:`animatezero.processors`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -199,10 +198,7 @@ def sample_video(
             x[:, :, a.frame] = a.trajectory[i].to(x.device, x.dtype)
         return x
 
-    with ExitStack() as stack:
-        stack.enter_context(runner.using(unet, motion))
-        stack.enter_context(installed(unet, sp))
-        stack.enter_context(installed(motion, tp))
+    with runner.using(unet, motion), installed(unet, sp), installed(motion, tp):
         for i, t in enumerate(timesteps):
             t_prev = schedule.previous(t, steps)
             a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
