@@ -136,8 +136,13 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
 
     sampler = cfg.sampler
     frames = int(sampler.num_frames)
-    step_one = dict(height=int(sampler.height), width=int(sampler.width), steps=int(sampler.steps))
-    step_one.update(guidance_scale=float(sampler.guidance_scale), negative_prompt=cfg.negative_prompt)
+    step_one = {  # the settings step 2 reuses, so the trajectories line up
+        "height": int(sampler.height),
+        "width": int(sampler.width),
+        "steps": int(sampler.steps),
+        "guidance_scale": float(sampler.guidance_scale),
+        "negative_prompt": cfg.negative_prompt,
+    }
     one_image = not (cfg.image or cfg.loop or cfg.end_image or cfg.end_image_prompt or cfg.end_prompt)
     if controls.any and cfg.lockstep and one_image:
         with record.timer("image_and_video"), progress(step_one["steps"], "image+video") as step:
@@ -158,8 +163,12 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
         image = invert(cfg.image) if cfg.image is not None else make_image(cfg.prompt, seed)
         if cfg.image is not None:
             print(f"[animatezero] {cfg.image}: VAE reconstruction PSNR {image.info['psnr_db']:.2f} dB")
-        last = image if cfg.loop else invert(cfg.end_image) if cfg.end_image is not None else None
-        if cfg.end_image_prompt is not None:
+        last = None  # the last frame's image, for loops and interpolation
+        if cfg.loop:
+            last = image
+        elif cfg.end_image is not None:
+            last = invert(cfg.end_image)
+        elif cfg.end_image_prompt is not None:
             last = make_image(cfg.end_image_prompt, int(cfg.end_seed) if cfg.end_seed is not None else seed)
     with record.timer("video"), progress(image.steps, "video") as step:
         if not controls.any:
