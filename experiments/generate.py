@@ -132,7 +132,7 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
     """Step 1 and step 2 -> ``(image, video, mode)``, each pipeline call with a progress bar. The plain case runs in
     lockstep (``pipe.generate``: one step's keys/values in memory, the same result); every control off is plain
     AnimateDiff text-to-video with the image's prompt, seed and sampler."""
-    from experiments.common import progress
+    from experiments.common import needs_kv, progress
 
     sampler = cfg.sampler
     frames = int(sampler.num_frames)
@@ -153,8 +153,7 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
 
     def make_image(prompt: str, seed: int):
         with progress(step_one["steps"], "image") as step:
-            record_kv = controls.share_kv and controls.kv_source == "cached"
-            return pipe.text_to_image(prompt, **step_one, seed=seed, record_kv=record_kv, callback=step)
+            return pipe.text_to_image(prompt, **step_one, seed=seed, record_kv=needs_kv(controls), callback=step)
 
     def invert(path: str):
         return pipe.invert_image(path, cfg.prompt, **step_one)
