@@ -288,9 +288,9 @@ def test_sweep_prints_a_summary(tiny_cache, tmp_path, monkeypatch, capsys):
 
 
 def test_evaluate_errors_are_one_line_and_open_no_wandb(tmp_path, monkeypatch, capsys):
-    from experiments.runs import WandbRun
     from evaluation import evaluate as evaluation
     from evaluation.extractors import EvaluatorUnavailable
+    from experiments.runs import WandbRun
 
     code, _, err = run_main(ev.main, ["evaluate", f"run_dir={tmp_path / 'nope'}"], monkeypatch, capsys)
     assert code == 2 and "is not a directory" in err and "Traceback" not in err
