@@ -3,9 +3,9 @@
 ``${asset:NAME}`` resolves to a file shipped inside the ``animatezero`` package (``animatezero/assets/NAME``), so a
 config can name the toy-world weights wherever the package is installed.
 
-``controls/dataclass`` is every field of :class:`animatezero.controls.Controls` with its default, taken from the
-dataclass itself: the one place the defaults are written. ``controls/paper.yaml`` is exactly that; the other presets
-start from it and list only what they change.
+``schema/controls`` is every field of :class:`animatezero.controls.Controls` with its default, taken from the dataclass
+itself: the one place the defaults are written. ``controls/paper.yaml`` is exactly that (it lists only its name); the
+other presets start from it and list only what they change.
 
 Both are registered on import of this package and of ``experiments``.
 """
@@ -33,4 +33,4 @@ def controls_defaults() -> dict:
     return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(Controls)}
 
 
-ConfigStore.instance().store(group="controls", name="dataclass", node=controls_defaults())
+ConfigStore.instance().store(group="schema", name="controls", node=controls_defaults())

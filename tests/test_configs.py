@@ -120,11 +120,11 @@ def test_controls_files_equal_the_python_presets(name):
 @pytest.mark.parametrize("name", options("controls"))
 def test_controls_presets_hold_only_changed_controls_fields(name):
     """The defaults live in the Controls dataclass alone: a preset file lists only Controls fields, each one changing
-    the value of the preset it starts from (``dataclass`` = the dataclass defaults)."""
+    the value of the preset it starts from (``/schema/controls`` = the dataclass defaults, configs/__init__.py)."""
     raw = OmegaConf.to_container(OmegaConf.load(CONFIGS / "controls" / f"{name}.yaml"))
     (base_name,) = [d for d in raw.pop("defaults") if d != "_self_"]
     assert raw.pop("name") == name and set(raw) <= set(common.CONTROL_FIELDS), sorted(set(raw) - {"name"})
-    base = Controls() if base_name == "dataclass" else Controls.preset(base_name)
+    base = Controls() if base_name == "/schema/controls@_here_" else Controls.preset(base_name)
     for field, value in raw.items():
         assert (tuple(value) if isinstance(value, list) else value) != getattr(base, field), (name, field)
 
