@@ -46,6 +46,31 @@ class Applications:
         """A looping clip: first and last frame are both ``image``."""
         return self.interpolate(image, image, prompt, **kwargs)
 
+    def baseline_video(
+        self,
+        image: ImageResult,
+        prompt: str | None = None,
+        *,
+        num_frames: int = 16,
+        seed: int | None = None,
+        sliding_windows: bool = False,
+        callback=None,
+    ) -> VideoResult:
+        """Plain AnimateDiff text-to-video (every control off: the baseline row) with ``image``'s prompt (or
+        ``prompt``), negative prompt, size, steps and guidance, so it is compared with AnimateZero like for like."""
+        return self.text_to_video(
+            prompt or image.prompt,
+            num_frames=num_frames,
+            negative_prompt=image.negative_prompt,
+            height=image.height,
+            width=image.width,
+            steps=image.steps,
+            guidance_scale=image.guidance_scale,
+            seed=seed,
+            sliding_windows=sliding_windows,
+            callback=callback,
+        )
+
     def candidates(self, prompt: str, seeds: list[int], **kwargs) -> list[ImageResult]:
         """Interactive generation, step 1: several images of one prompt; animate the one you like."""
         return [self.text_to_image(prompt, seed=seed, **kwargs) for seed in seeds]

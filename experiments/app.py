@@ -374,14 +374,10 @@ class Session:
                     negative_prompt=image.negative_prompt,
                 )
             if not controls.any:  # every control off: plain AnimateDiff text-to-video, as the CLI does
-                video = self.pipe.text_to_video(
-                    motion_prompt or image.prompt,
+                video = self.pipe.baseline_video(
+                    image,
+                    motion_prompt,
                     num_frames=frames,
-                    negative_prompt=image.negative_prompt,
-                    height=image.height,
-                    width=image.width,
-                    steps=image.steps,
-                    guidance_scale=image.guidance_scale,
                     seed=seed,
                     sliding_windows=controls.sliding_windows,
                     callback=cb,

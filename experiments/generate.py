@@ -171,17 +171,8 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
             last = make_image(cfg.end_image_prompt, int(cfg.end_seed) if cfg.end_seed is not None else seed)
     with record.timer("video"), progress(image.steps, "video") as step:
         if not controls.any:
-            video = pipe.text_to_video(
-                image.prompt,
-                num_frames=frames,
-                negative_prompt=image.negative_prompt,
-                height=image.height,
-                width=image.width,
-                steps=image.steps,
-                guidance_scale=image.guidance_scale,
-                seed=seed,
-                sliding_windows=controls.sliding_windows,
-                callback=step,
+            video = pipe.baseline_video(
+                image, num_frames=frames, seed=seed, sliding_windows=controls.sliding_windows, callback=step
             )
             return image, video, "animatediff"
         if last is not None:  # a loop is an interpolation from the image to itself

@@ -181,17 +181,8 @@ def animate(pipe, image, controls, seed: int, num_frames: int, callback):
     text-to-video with the image's prompt, seed and sampler (the baseline)."""
     if controls.any:
         return pipe.animate(image, controls=controls, num_frames=num_frames, seed=seed, callback=callback)
-    return pipe.text_to_video(
-        image.prompt,
-        num_frames=num_frames,
-        negative_prompt=image.negative_prompt,
-        height=image.height,
-        width=image.width,
-        steps=image.steps,
-        guidance_scale=image.guidance_scale,
-        seed=seed,
-        sliding_windows=controls.sliding_windows,
-        callback=callback,
+    return pipe.baseline_video(
+        image, num_frames=num_frames, seed=seed, sliding_windows=controls.sliding_windows, callback=callback
     )
 
 
