@@ -63,11 +63,11 @@ MOTION = dataclasses.replace(MotionConfig.for_version(2, UNET.block_channels), l
 ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
 CHECKPOINT_NAME = "toyworld_sd15.safetensors"
 MOTION_NAME = "mm_toyworld_v2.safetensors"
-STAGES = ("vae", "unet", "motion")
-DEFAULT_STEPS = {"vae": 3000, "unet": 2000, "motion": 1500}
-DEFAULT_BATCH = {"vae": 8, "unet": 32, "motion": 2}
+STAGES = ("vae", "decoder", "unet", "motion")
+DEFAULT_STEPS = {"vae": 3000, "decoder": 2500, "unet": 3000, "motion": 1200}
+DEFAULT_BATCH = {"vae": 8, "decoder": 4, "unet": 32, "motion": 2}
 POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents  # frames, frames, clips
-DEFAULT_LR = {"vae": 5e-4, "unet": 5e-4, "motion": 5e-4}
+DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "unet": 5e-4, "motion": 5e-4}
 CAPTION_DROPOUT = 0.1
 EMA_DECAY = 0.998
 
@@ -262,6 +262,30 @@ def latent_pool(out: Path, vae: AutoencoderKL, n_clips: int, seed: int, chunk: i
     return state["captions"], torch.cat(state["latents"])
 
 
+def train_decoder(out: Path, args, log, vae: AutoencoderKL) -> AutoencoderKL:
+    """Fine-tune the decoder (and ``post_quant_conv``) on whole frames with the encoder frozen, as SD's ft-MSE VAE
+    was: the latent space does not move, so the UNet and motion stages (trained on the encoder's latents) stay valid
+    and may run at the same time. Takes the latent-normalised VAE; saves the normalised decoder."""
+    modules = {"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv}
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    stage = Stage("decoder", out, modules, params, DEFAULT_LR["decoder"], args.seed + 3)
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+
+    def loss_fn(rng):
+        _, x, _ = frame_batch(rng, args.batch_decoder)  # [b, 3, 64, 64]
+        with torch.no_grad():
+            z = vae.encode(x)  # [b, 4, 8, 8]
+        rec = vae.decode(z)
+        mse = (rec - x).pow(2).mean()
+        return (rec - x).abs().mean() + mse, {"psnr": 10 * math.log10(4 / max(mse.item(), 1e-10))}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, args.steps_decoder, DEFAULT_LR["decoder"], loss_fn, args.save_every, log)
+    return vae.eval().requires_grad_(False)
+
+
 def noisy(x0: Tensor, alphas: Tensor, generator=None) -> tuple[Tensor, Tensor, Tensor]:
     """(x_t, t, eps) for uniformly drawn training timesteps; ``x0`` is ``[b, ...]``."""
     b = x0.shape[0]
@@ -277,7 +301,10 @@ def drop_captions(rng: random.Random, caps: list[str]) -> list[str]:
 
 def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer) -> tuple[UNetModel, CLIPTextModel]:
     unet, text = UNetModel(UNET), CLIPTextModel(CLIP)
+    # CLIP's initialisation: token embeddings N(0, 0.02), positions N(0, 0.01) (nn.Embedding's N(0, 1) positions
+    # would drown the tokens, and with them the prompt)
     nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=0.02)
+    nn.init.normal_(text.text_model.embeddings.position_embedding.weight, std=0.01)
     ema_unet, ema_text = EMA(unet), EMA(text)
     params = [*unet.parameters(), *text.parameters()]
     modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
@@ -410,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             vae.quant_conv.bias[:z] *= s
             vae.quant_conv.bias[z:] += 2 * math.log(s)
             vae.post_quant_conv.weight /= s
+    if args.stage == "decoder":  # may run beside the UNet/motion stages: the latents do not depend on it
+        train_decoder(args.out, args, log, vae)
+        return 0
     if "unet" not in wanted:
         return 0
     pool = latent_pool(args.out, vae, args.pool_clips, args.seed)
@@ -417,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if "motion" not in wanted:
         return 0
     motion = train_motion(args.out, args, log, pool, tok, unet, text)
+    vae = train_decoder(args.out, args, log, vae)
     if all((args.out / f"{s}.done").exists() for s in STAGES) or args.export_only:
         meta = {
             "trained_by": "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -213,7 +213,7 @@ def test_ablation_experiment_is_the_toy_world_at_its_own_size():
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("sweep", ["experiment=toyworld_ablation"])
-    assert (cfg.sampler.steps, cfg.sampler.num_frames, cfg.sampler.height, cfg.sampler.width) == (20, 16, 64, 64)
+    assert (cfg.sampler.steps, cfg.sampler.num_frames, cfg.sampler.height, cfg.sampler.width) == (10, 16, 64, 64)
     assert OmegaConf.to_container(cfg.model, resolve=False)["checkpoint"].endswith("toyworld_sd15.safetensors}")
     assert OmegaConf.to_container(cfg.prompts["items"]) == toyworld_eval_items(32)
     assert len(cfg.configurations) == 14  # window 16 = ablation5
