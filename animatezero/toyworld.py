@@ -19,9 +19,8 @@ DIR = Path(__file__).resolve().parent / "assets" / "toyworld"
 CHECKPOINT = DIR / "toyworld_sd15.safetensors"
 MOTION_MODULE = DIR / "mm_toyworld_v2.safetensors"
 MANIFEST = DIR / "manifest.json"
-# what the toy world was trained on: 64x64 pictures, 16-frame clips
+# what the toy world was trained on: 64x64 pictures (and 16-frame clips, the pipeline's default length)
 HEIGHT = WIDTH = 64
-NUM_FRAMES = 16
 
 
 class ToyWorldMissingError(FileNotFoundError):

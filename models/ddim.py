@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ class DDIMSchedule:
     steps_offset: int = 1
     set_alpha_to_one: bool = True
 
-    @property
+    @cached_property  # read twice per sampling step: computed once per schedule
     def alphas_cumprod(self) -> Tensor:
         """alpha_bar_t for t = 0..T-1, float64 for accuracy (cast where used)."""
         n = self.num_train_timesteps

@@ -229,12 +229,19 @@ def normalize_latents(vae: AutoencoderKL, n: int = 512) -> float:
     _, x, _ = frame_batch(rng, n)
     mean = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0]
     s = 1.0 / (LATENT_SCALE * mean.std().item())
+    rescale_latents(vae, s)
+    return s
+
+
+@torch.no_grad()
+def rescale_latents(vae: AutoencoderKL, s: float) -> None:
+    """Multiply the latent space by ``s`` exactly: quant_conv's mean rows x s, its logvar rows + 2 log s,
+    post_quant_conv's input columns / s (decoding is unchanged)."""
     z = VAE.z_channels
     vae.quant_conv.weight[:z] *= s
     vae.quant_conv.bias[:z] *= s
     vae.quant_conv.bias[z:] += 2 * math.log(s)
     vae.post_quant_conv.weight /= s
-    return s
 
 
 @torch.no_grad()
@@ -430,13 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     if not scale_file.exists():
         scale_file.write_text(json.dumps({"scale": normalize_latents(vae)}))
     else:  # the saved VAE state is the unnormalised one; reapply the same exact rescaling
-        s = json.loads(scale_file.read_text())["scale"]
-        with torch.no_grad():
-            z = VAE.z_channels
-            vae.quant_conv.weight[:z] *= s
-            vae.quant_conv.bias[:z] *= s
-            vae.quant_conv.bias[z:] += 2 * math.log(s)
-            vae.post_quant_conv.weight /= s
+        rescale_latents(vae, json.loads(scale_file.read_text())["scale"])
     if args.stage == "decoder":  # may run beside the UNet/motion stages: the latents do not depend on it
         train_decoder(args.out, args, log, vae)
         return 0

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import configs  # noqa: F401  (registers the Controls schema and ${asset:...} that the configs use)
 from evaluation import toyworld as tw
 from evaluation import toyworld_metrics as twm
 from evaluation.io import write_frames, write_image
