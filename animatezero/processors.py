@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
@@ -177,15 +178,35 @@ class SharedFirstFrameKV:
         return attn.to_out(rearrange(attention(q, k, v, attn.heads, mask=mask), "b f n c -> (b f) n c"))
 
 
+class SlotIndex(NamedTuple):
+    """A :class:`~animatezero.windows.FramePattern`'s slots as flat indices, made once per pattern (on the CPU, so no
+    per-call work or device sync). ``frames [f*S]``: slot ``(i, m)`` -> entry ``i*f + src[i, m]`` of the ``[f, f]``
+    content scores; ``positions [f*S]``: -> entry ``i*P + key_pos[i, m]`` of the ``[f, P]`` position scores, or None
+    when every row's key positions are ``0..S-1`` (position correction: slot m sits at position m, so the position
+    scores are the slot scores and need no gather or scatter)."""
+
+    num_frames: int
+    num_slots: int
+    num_positions: int
+    frames: Tensor
+    positions: Tensor | None
+
+    @classmethod
+    def of(cls, src: Tensor, key_pos: Tensor, num_positions: int | None = None) -> SlotIndex:
+        f, s = src.shape
+        p = int(key_pos.max()) + 1 if num_positions is None else num_positions
+        rows = torch.arange(f, device=src.device)[:, None]
+        frames = (rows * f + src).flatten()  # [f*S]
+        identity = p == s and bool((key_pos == torch.arange(s, device=key_pos.device)).all())
+        return cls(f, s, p, frames, None if identity else (rows * p + key_pos).flatten())
+
+    def to(self, device: torch.device | str) -> SlotIndex:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return self._replace(frames=move(self.frames), positions=move(self.positions))
+
+
 def slot_attention(
-    q: Tensor,
-    k_frames: Tensor,
-    v_frames: Tensor,
-    k_pos: Tensor,
-    v_pos: Tensor,
-    src: Tensor,
-    key_pos: Tensor,
-    heads: int,
+    q: Tensor, k_frames_t: Tensor, v_frames_t: Tensor, k_pos: Tensor, v_pos: Tensor, index: SlotIndex, heads: int
 ) -> Tensor:
     """Attention of each query frame over its own key slots, where slot ``m`` of query ``i`` holds frame ``src[i, m]``
     at position ``key_pos[i, m]`` and its key/value are sums ``K_frame + K_position`` (``W(z + p) = W z + W p``).
@@ -193,26 +214,47 @@ def slot_attention(
     Exactly ``models.attention.attention`` (scale ``head_dim ** -0.5``, softmax over keys) applied per query frame to
     its ``S`` slots, copies included, but without building the per-slot keys: since
     ``<q_i, K_a + P_p> = <q_i, K_a> + <q_i, P_p>``, the slot logits are a content score over the ``f`` distinct frames
-    plus a position score over the ``P`` positions, picked per slot (a gather of scores, not of keys). The slot weights
-    are then summed back per frame and per position and applied to ``V`` and ``V_pos``. Logits and softmax are in
-    fp32 (as SDPA's kernels accumulate), the result in ``q``'s dtype.
+    plus a position score over the ``P`` positions, picked per slot (an ``index_select`` of scores, not of keys). The
+    slot weights are then summed back per frame and per position (``index_add_``) and applied to ``V`` and ``V_pos``.
+    Logits and softmax are in fp32 (as SDPA's kernels accumulate), the result in ``q``'s dtype.
 
-    q, k_frames, v_frames: ``[N, f, c]``; k_pos, v_pos: ``[P, c]``; src, key_pos: ``[f, S]`` long. Returns ``[N, f, c]``.
+    q: ``[N, f, c]``; k_frames_t, v_frames_t: the frames' keys and values *transposed*, ``[N, c, f]`` (as
+    ``W @ x^T`` produces them: the score and value matmuls read them without a layout copy); k_pos, v_pos: ``[P, c]``;
+    ``index``: the pattern's :class:`SlotIndex` on ``q``'s device. Returns ``[N, f, c]``.
     """
-    f, s = src.shape
-    q, k, v = (rearrange(t, "n f (h d) -> n h f d", h=heads) for t in (q, k_frames, v_frames))  # [N, h, f, d]
-    pk, pv = (rearrange(t, "p (h d) -> h p d", h=heads) for t in (k_pos, v_pos))  # [h, P, d]
-    scale = q.shape[-1] ** -0.5
-    content = (q @ k.transpose(-1, -2)).float()  # [N, h, f(query), f(key frame)]
-    position = (q @ pk.transpose(-1, -2)).float()  # [N, h, f, P]
-    n, h = content.shape[:2]
-    logits = content.gather(-1, src.expand(n, h, f, s)) + position.gather(-1, key_pos.expand(n, h, f, s))
-    weights = (logits * scale).softmax(dim=-1)  # [N, h, f, S]
+    f, s, p = index.num_frames, index.num_slots, index.num_positions
+    n, _, c = q.shape
+    d = c // heads
+    qh = rearrange(q, "n f (h d) -> (n h) f d", h=heads)  # [N*h, f, d]: the one full-size layout copy
+    kt, vt = (rearrange(t, "n (h d) f -> (n h) d f", h=heads) for t in (k_frames_t, v_frames_t))  # [N*h, d, f] views
+    pk = rearrange(k_pos[:p], "p (h d) -> h d p", h=heads).contiguous()  # [h, d, P]
+    pv = rearrange(v_pos[:p], "p (h d) -> h p d", h=heads).contiguous()  # [h, P, d]
+    content = torch.bmm(qh, kt).float().view(n, heads, f * f)  # [N, h, f(query) * f(key frame)]
+    # position scores per head, from q's own layout (a strided batch, no copy of q): [h, N*f, P]
+    position = torch.bmm(q.reshape(n * f, heads, d).transpose(0, 1), pk).float()
+    position = position.view(heads, n, f, p).permute(1, 0, 2, 3)  # [N, h, f, P] (a view)
+    logits = content.index_select(-1, index.frames).view(n, heads, f, s)  # [N, h, f, S]
+    if index.positions is None:
+        logits += position  # slot m is at position m
+    else:
+        logits += position.reshape(n, heads, f * p).index_select(-1, index.positions).view(n, heads, f, s)
+    weights = (logits * d**-0.5).softmax(dim=-1)  # [N, h, f, S]
     # sum the slot weights per key frame and per position (copies of a frame add up), then apply them
-    w_frames = weights.new_zeros(n, h, f, k.shape[-2]).scatter_add_(-1, src.expand(n, h, f, s), weights)
-    w_pos = weights.new_zeros(n, h, f, pk.shape[-2]).scatter_add_(-1, key_pos.expand(n, h, f, s), weights)
-    out = w_frames.to(v.dtype) @ v + w_pos.to(pv.dtype) @ pv  # [N, h, f, d]
-    return rearrange(out, "n h f d -> n f (h d)")
+    flat = weights.view(n, heads, f * s)
+    w_frames = content.new_zeros(n, heads, f * f).index_add_(-1, index.frames, flat)  # [N, h, f*f]
+    if index.positions is None:
+        w_pos = weights  # [N, h, f, P]
+    else:
+        w_pos = content.new_zeros(n, heads, f * p).index_add_(-1, index.positions, flat).view(n, heads, f, p)
+    frames_out = torch.bmm(w_frames.view(n * heads, f, f).to(vt.dtype), vt.transpose(1, 2))  # [N*h, f, d]
+    pos_out = torch.bmm(rearrange(w_pos, "n h f p -> h (n f) p").to(pv.dtype), pv)  # [h, N*f, d]
+    out = q.new_empty(n, f, heads, d)  # the sum lands directly in the layout to_out reads
+    torch.add(
+        rearrange(frames_out, "(n h) f d -> n f h d", h=heads),
+        rearrange(pos_out, "h (n f) d -> n f h d", n=n),
+        out=out,
+    )
+    return out.view(n, f, c)
 
 
 class FramePatternAttention:
@@ -229,18 +271,19 @@ class FramePatternAttention:
         callers' symmetry; the pattern holds only indices)."""
         self.num_frames = pattern.num_frames
         self.num_positions = int(max(pattern.key_pos.max(), pattern.query_pos.max())) + 1  # table rows used
-        self.query_pos, self.src, self.key_pos = (
-            t.to(device) for t in (pattern.query_pos, pattern.src, pattern.key_pos)
-        )
+        self.index = SlotIndex.of(pattern.src, pattern.key_pos, self.num_positions).to(device)
+        self.query_pos = pattern.query_pos.to(device)
 
     def __call__(self, attn: Attention, x: Tensor, context: Tensor | None) -> Tensor:
         if x.shape[1] != self.num_frames:
             raise ValueError(f"pattern made for {self.num_frames} frames, got {x.shape[1]}")
         attn.pos_encoder.check(self.num_positions)
-        if self.src.device != x.device:  # a processor made for another device: move once, not at every call
-            self.query_pos, self.src, self.key_pos = (t.to(x.device) for t in (self.query_pos, self.src, self.key_pos))
+        if self.query_pos.device != x.device:  # a processor made for another device: move once, not at every call
+            self.query_pos, self.index = self.query_pos.to(x.device), self.index.to(x.device)
         pe = attn.pos_encoder.pe[0, : self.num_positions].to(x.dtype)  # [P, c]
         p_k, p_v = attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
         q = attn.to_q(x + pe[self.query_pos])  # [N, f, c]
-        out = slot_attention(q, attn.to_k(x), attn.to_v(x), p_k, p_v, self.src, self.key_pos, attn.heads)
+        x_t = x.transpose(1, 2)  # [N, c, f] (a view)
+        k_t, v_t = attn.to_k.weight @ x_t, attn.to_v.weight @ x_t  # [N, c, f]: to_k/to_v have no bias
+        out = slot_attention(q, k_t, v_t, p_k, p_v, self.index, attn.heads)
         return attn.to_out(out)

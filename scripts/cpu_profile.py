@@ -5,7 +5,7 @@ against a global temporal attention layer. Prints figures; asserts nothing.
     python scripts/cpu_profile.py window [--frames 16] [--tokens 512] [--dim 320] [--heads 8] [--threads 1]
 
 ``step``: both UNets from the same synthetic single files (``tests/oracle.py``), fp32, one guided evaluation (batch
-2) of a ``[2, 4, f, h/8, w/8]`` video; median of ``--repeats`` timed runs after one warm-up, then one run under
+2) of a ``[2, 4, f, h/8, w/8]`` video; median of ``--repeats`` interleaved timed runs after one warm-up, then one run under
 ``torch.profiler`` for the CPU time in ``aten::copy_`` (layout changes and casts) and the top operators. Process CPU
 time is reported next to wall time (the machine may be shared). diffusers runs with the per-frame GroupNorm patch, so
 both compute the same thing; the max difference of the two outputs is printed.
@@ -64,40 +64,40 @@ def step(args) -> None:
     x = torch.randn(2, 4, args.frames, h, w, generator=g)  # [2, 4, f, h, w]
     ctx = torch.randn(2, 77, files.unet.context_dim, generator=g)  # [2, 77, d]
     t = torch.tensor(801)
-    outputs = {}
+    runs = {}
 
     from animatezero.pipeline import AnimateZeroPipeline
 
     if "ours" in args.sides:
         pipe = AnimateZeroPipeline.from_single_files(files.sd15, files.motion)
-        unet, motion = pipe.unet, pipe.motion_module
-        with torch.inference_mode():
-            outputs["ours"] = unet(x, t, ctx, motion=motion)
-            report("ours", lambda: unet(x, t, ctx, motion=motion), args.repeats)
-        pipe = unet = motion = None  # free ours before loading diffusers'
-    if "diffusers" not in args.sides:
-        return
+        runs["ours"] = lambda: pipe.unet(x, t, ctx, motion=pipe.motion_module)
+    if "diffusers" in args.sides:
+        import tempfile
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        config_dir = oracle.write_config_dir(files, tmp)
-        dpipe = oracle.build_animatediff(files, config_dir)
-    dunet = dpipe.unet
-    oracle.patch_motion_norms(dunet)
-    dctx = ctx.repeat_interleave(args.frames, 0)  # UNetMotionModel takes the context per frame, [(b f), n, d]
+        with tempfile.TemporaryDirectory() as tmp:
+            config_dir = oracle.write_config_dir(files, tmp)
+            dunet = oracle.build_animatediff(files, config_dir).unet
+        oracle.patch_motion_norms(dunet)
+        dctx = ctx.repeat_interleave(args.frames, 0)  # UNetMotionModel takes the context per frame, [(b f), n, d]
+        runs["diffusers"] = lambda: dunet(x, t, encoder_hidden_states=dctx).sample
     with torch.inference_mode():
-        outputs["diffusers"] = dunet(x, t, encoder_hidden_states=dctx).sample
-        report("diffusers", lambda: dunet(x, t, encoder_hidden_states=dctx), args.repeats)
-    if len(outputs) == 2:
-        print(f"max |ours - diffusers| = {(outputs['ours'] - outputs['diffusers']).abs().max().item():.2e}")
-
-
-def report(name: str, fn, repeats: int) -> None:
-    wall, cpu = timed(fn, repeats)
-    copy, top = profiled(fn)
-    print(f"{name:10s} step: {wall:.3f} s wall, {cpu:.3f} s CPU (median of {repeats}); aten::copy_ {copy:.3f} s")
-    print("           top self CPU: " + ", ".join(f"{k} {v:.2f}s" for k, v in top))
+        outputs = {name: fn() for name, fn in runs.items()}  # also the warm-up
+        # interleaved, so a busy machine slows both sides alike
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                times[name].append(timed(fn, 1, warmup=False))
+        for name, fn in runs.items():
+            wall, cpu = (statistics.median(tm[i] for tm in times[name]) for i in (0, 1))
+            copy, top = profiled(fn)
+            print(
+                f"{name:10s} step: {wall:.3f} s wall, {cpu:.3f} s CPU (median of {args.repeats}); aten::copy_ {copy:.3f} s"
+            )
+            print("           top self CPU: " + ", ".join(f"{k} {v:.2f}s" for k, v in top))
+        if len(runs) == 2:
+            ratio = statistics.median(a[1] / b[1] for a, b in zip(times["ours"], times["diffusers"]))
+            print(f"ours / diffusers, process CPU time: {ratio:.2f}x (median of interleaved pairs)")
+            print(f"max |ours - diffusers| = {(outputs['ours'] - outputs['diffusers']).abs().max().item():.2e}")
 
 
 def window(args) -> None:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from animatezero.processors import FramePatternAttention, slot_attention
+from animatezero.processors import FramePatternAttention, SlotIndex, slot_attention
 from animatezero.windows import (
     anchored_sliding_pattern,
     bidirectional_window_pattern,
@@ -165,8 +165,23 @@ def test_slot_attention_equals_gathered_keys(pattern):
     f, positions = pattern.num_frames, int(pattern.key_pos.max()) + 1
     q, k, v = torch.randn(3, n, f, c).unbind(0)
     pk, pv = torch.randn(2, positions, c).unbind(0)
-    ours = slot_attention(q, k, v, pk, pv, pattern.src, pattern.key_pos, heads)  # [n, f, c]
+    index = SlotIndex.of(pattern.src, pattern.key_pos)
+    ours = slot_attention(q, k.transpose(1, 2), v.transpose(1, 2), pk, pv, index, heads)  # [n, f, c]
     k_slots = k[:, pattern.src] + pk[pattern.key_pos]  # [n, f, S, c]
     v_slots = v[:, pattern.src] + pv[pattern.key_pos]
     ref = attention(q[:, :, None], k_slots, v_slots, heads)[:, :, 0]  # one query per frame
     assert (ours - ref).abs().max().item() < 1e-5
+
+
+def test_slot_index_skips_the_position_gather_only_when_slot_m_is_at_position_m():
+    """Position correction puts slot m at position m: the position scores are then used as they are (no gather or
+    scatter); without correction, or with mirrored positions, the flat position index is kept."""
+    assert SlotIndex.of(window_pattern(16, 4).src, window_pattern(16, 4).key_pos).positions is None
+    assert (
+        SlotIndex.of(anchored_sliding_pattern(40, 16).src, anchored_sliding_pattern(40, 16).key_pos).positions is None
+    )
+    nocorr = window_pattern(16, 4, correction=False)
+    assert SlotIndex.of(nocorr.src, nocorr.key_pos).positions is not None
+    mirrored = bidirectional_window_pattern(12, 3)
+    index = SlotIndex.of(mirrored.src, mirrored.key_pos)
+    assert index.frames.shape == (12 * mirrored.num_slots,)
