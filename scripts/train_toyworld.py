@@ -327,66 +327,53 @@ def drop_captions(rng: random.Random, caps: list[str]) -> list[str]:
     return ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
 
 
+def train_frames(name: str, out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel,
+                 seed: int, high_noise: bool) -> tuple[UNetModel, CLIPTextModel]:  # fmt: skip
+    """Train the UNet and text encoder together on single frames of the pool (text-to-image: one random frame of
+    each drawn clip, 10% empty captions, EMA weights) as stage ``name``, with the plain eps loss or, with
+    ``high_noise``, :func:`high_noise_loss` on high-noise-biased timesteps. Returns the EMA weights."""
+    ema_unet, ema_text = EMA(unet), EMA(text)
+    params = [*unet.parameters(), *text.parameters()]
+    modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
+    stage = Stage(name, out, modules, params, DEFAULT_LR[name], seed)
+    alphas = DDIMSchedule().alphas_cumprod
+    batch = getattr(args, f"batch_{name}")
+
+    class Both:
+        def update(self):
+            ema_unet.update()
+            ema_text.update()
+
+    def loss_fn(rng):
+        captions, latents = pool
+        idx = [rng.randrange(len(captions)) for _ in range(batch)]
+        frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
+        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one random frame of each drawn clip
+        zt, t, eps = noisy(z0, alphas, high=high_noise)
+        ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
+        pred = unet(zt, t, ctx)
+        return (high_noise_loss(pred, eps, t, alphas) if high_noise else F.mse_loss(pred, eps)), {}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, getattr(args, f"steps_{name}"), DEFAULT_LR[name], loss_fn, args.save_every, log, ema=Both())
+    return ema_unet.shadow.eval().requires_grad_(False), ema_text.shadow.eval().requires_grad_(False)
+
+
 def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer) -> tuple[UNetModel, CLIPTextModel]:
+    """Stage ``unet``: a fresh UNet and text encoder, plain eps loss."""
     unet, text = UNetModel(UNET), CLIPTextModel(CLIP)
     # CLIP's initialisation: token embeddings N(0, 0.02), positions N(0, 0.01) (nn.Embedding's N(0, 1) positions
     # would drown the tokens, and with them the prompt)
     nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=0.02)
     nn.init.normal_(text.text_model.embeddings.position_embedding.weight, std=0.01)
-    ema_unet, ema_text = EMA(unet), EMA(text)
-    params = [*unet.parameters(), *text.parameters()]
-    modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-    stage = Stage("unet", out, modules, params, DEFAULT_LR["unet"], args.seed + 1)
-    alphas = DDIMSchedule().alphas_cumprod
-
-    class Both:
-        def update(self):
-            ema_unet.update()
-            ema_text.update()
-
-    def loss_fn(rng):
-        captions, latents = pool
-        idx = [rng.randrange(len(captions)) for _ in range(args.batch_unet)]
-        frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
-        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one random frame of each drawn clip
-        caps = [captions[i] for i in idx]
-        zt, t, eps = noisy(z0, alphas)
-        ctx = text(tok(drop_captions(rng, caps)))  # [b, 77, 32]
-        loss = F.mse_loss(unet(zt, t, ctx), eps)
-        return loss, {}
-
-    if not stage.done_marker().exists():
-        run_stage(stage, args.steps_unet, DEFAULT_LR["unet"], loss_fn, args.save_every, log, ema=Both())
-    return ema_unet.shadow.eval().requires_grad_(False), ema_text.shadow.eval().requires_grad_(False)
+    return train_frames("unet", out, args, log, pool, tok, unet, text, args.seed + 1, high_noise=False)
 
 
 def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel):
-    """Fine-tune the ``unet`` stage's (EMA) UNet and text encoder with :func:`high_noise_loss` on high-noise-biased
-    timesteps, so that the prompt steers the picture. Returns the EMA weights."""
+    """Stage ``refine`` (``--high-noise``): the ``unet`` stage's EMA weights fine-tuned with :func:`high_noise_loss`,
+    so that the prompt steers the picture."""
     unet, text = copy.deepcopy(unet).train().requires_grad_(True), copy.deepcopy(text).train().requires_grad_(True)
-    ema_unet, ema_text = EMA(unet), EMA(text)
-    params = [*unet.parameters(), *text.parameters()]
-    modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-    stage = Stage("refine", out, modules, params, DEFAULT_LR["refine"], args.seed + 4)
-    alphas = DDIMSchedule().alphas_cumprod
-
-    class Both:
-        def update(self):
-            ema_unet.update()
-            ema_text.update()
-
-    def loss_fn(rng):
-        captions, latents = pool
-        idx = [rng.randrange(len(captions)) for _ in range(args.batch_refine)]
-        frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
-        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]
-        zt, t, eps = noisy(z0, alphas, high=True)
-        ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
-        return high_noise_loss(unet(zt, t, ctx), eps, t, alphas), {}
-
-    if not stage.done_marker().exists():
-        run_stage(stage, args.steps_refine, DEFAULT_LR["refine"], loss_fn, args.save_every, log, ema=Both())
-    return ema_unet.shadow.eval().requires_grad_(False), ema_text.shadow.eval().requires_grad_(False)
+    return train_frames("refine", out, args, log, pool, tok, unet, text, args.seed + 4, high_noise=True)
 
 
 def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel) -> MotionModules:
