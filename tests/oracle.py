@@ -358,6 +358,28 @@ def build_animatediff(
     return pipe.to(device=device, dtype=dtype)
 
 
+def build_stable_diffusion(
+    files: SyntheticFiles, config_dir: Path, *, vae: nn.Module | None = None, text_encoder: nn.Module | None = None
+):
+    """diffusers' ``StableDiffusionPipeline`` (text-to-image) from the same files, §4.2 DDIM, no safety checker; pass
+    already loaded parts (e.g. an AnimateDiff reference's ``vae``/``text_encoder``) to reuse them."""
+    import diffusers
+
+    quiet()
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae if vae is not None else load_vae(files, config_dir),
+        text_encoder=text_encoder if text_encoder is not None else load_text_encoder(files, config_dir),
+        tokenizer=load_tokenizer(config_dir),
+        unet=load_unet2d(files, config_dir),
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def max_err(ours: Tensor, ref: Tensor) -> dict[str, float]:
     """``{"max_abs": max |ours - ref|, "scale": max |ref|, "rel": max_abs / scale}`` (computed in float64)."""
     ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()

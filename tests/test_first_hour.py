@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from animatezero import hub
 from experiments import cli
 from experiments import evaluate as ev
 from experiments import generate as gen
 from experiments import sweep as sw
+from tests.console import run_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,20 +25,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
-
-def run_main(main, argv, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run a Hydra entry point as a console script would; returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", argv)
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ------------------------------------------------------------------------------------------------- local or hub

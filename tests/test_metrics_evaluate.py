@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from evaluation import PSNR_CAP_DB
 from evaluation import extractors as ex
 from evaluation.evaluate import ALL_METRICS, EvalConfig, Networks, evaluate_run, evaluate_sweep, find_runs
 from evaluation.io import read_image, read_video, to_uint8, write_frames, write_image
+from tests.console import run_main
 
 
 class ToyEncoder:
@@ -223,20 +223,9 @@ def test_evaluate_sweep_writes_csv_and_skips_finished_runs(tmp_path):
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
     """``python -m experiments.evaluate ARGS`` (the one command line for metrics) -> (exit status, stdout, stderr)."""
-    from hydra.core.global_hydra import GlobalHydra
-
     from experiments import evaluate as cli
 
-    monkeypatch.setattr(sys, "argv", ["python -m experiments.evaluate", *args, "wandb.mode=disabled"])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(cli.main, ["python -m experiments.evaluate", *args, "wandb.mode=disabled"], monkeypatch, capsys)
 
 
 def test_cli_reports_missing_weights_offline(tmp_path, monkeypatch, capsys):

@@ -22,20 +22,9 @@ def setup(tmp_path_factory):
 
 
 def test_text_to_image_matches_stable_diffusion_pipeline(setup):
-    import diffusers
 
     files, config_dir, ours = setup
-    ref_pipe = diffusers.StableDiffusionPipeline(
-        vae=oracle.load_vae(files, config_dir),
-        text_encoder=oracle.load_text_encoder(files, config_dir),
-        tokenizer=oracle.load_tokenizer(config_dir),
-        unet=oracle.load_unet2d(files, config_dir),
-        scheduler=oracle.ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe = oracle.build_stable_diffusion(files, config_dir)
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     kwargs = dict(negative_prompt="", height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=7.5)
     with torch.inference_mode():

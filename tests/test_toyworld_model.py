@@ -43,7 +43,6 @@ def test_shipped_files_are_small_ordinary_checkpoints():
 
 def test_same_frames_as_diffusers(pipe, tmp_path):
     """diffusers' AnimateDiffPipeline and StableDiffusionPipeline (with transformers' CLIP) loading the same files."""
-    import diffusers
 
     files = oracle.SyntheticFiles(
         *toyworld.files(verify=False),
@@ -63,17 +62,7 @@ def test_same_frames_as_diffusers(pipe, tmp_path):
     mine = pipe.text_to_video(prompt, num_frames=16, steps=3, guidance_scale=5.0, latents=noise)
     assert oracle.max_err(mine.frames, ref_frames)["max_abs"] <= 1e-4
 
-    sd = diffusers.StableDiffusionPipeline(
-        vae=ref.vae,
-        text_encoder=ref.text_encoder,
-        tokenizer=ref.tokenizer,
-        unet=oracle.load_unet2d(files, config_dir),
-        scheduler=oracle.ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    sd.set_progress_bar_config(disable=True)
+    sd = oracle.build_stable_diffusion(files, config_dir, vae=ref.vae, text_encoder=ref.text_encoder)
     z = noise[:, :, 0]
     with torch.inference_mode():
         ref_image = sd(
