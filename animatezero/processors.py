@@ -262,8 +262,8 @@ class FramePatternAttention:
     :class:`~animatezero.windows.FramePattern` (positional-corrected window attention, or an anchored sliding window for
     long clips). Input tokens are ``[N, f, c]`` (one sequence of frames per spatial location), without positions.
 
-    Since ``to_k``/``to_v`` have no bias, ``W(z + p) = W z + W p``: keys and values are projected once per frame and
-    once per position, and :func:`slot_attention` combines them per slot without gathering keys or values.
+    Since ``to_q``/``to_k``/``to_v`` have no bias, ``W(z + p) = W z + W p``: queries, keys and values are projected
+    once per frame and once per position, and :func:`slot_attention` combines them per slot without gathering keys or values.
     """
 
     def __init__(self, pattern: FramePattern, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -281,8 +281,8 @@ class FramePatternAttention:
         if self.query_pos.device != x.device:  # a processor made for another device: move once, not at every call
             self.query_pos, self.index = self.query_pos.to(x.device), self.index.to(x.device)
         pe = attn.pos_encoder.pe[0, : self.num_positions].to(x.dtype)  # [P, c]
-        p_k, p_v = attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
-        q = attn.to_q(x + pe[self.query_pos])  # [N, f, c]
+        p_q, p_k, p_v = attn.to_q(pe), attn.to_k(pe), attn.to_v(pe)  # [P, c]: W(z + p) = W z + W p (no bias)
+        q = attn.to_q(x).add_(p_q[self.query_pos])  # [N, f, c] (no [N, f, c] temporary for x + p)
         x_t = x.transpose(1, 2)  # [N, c, f] (a view)
         k_t, v_t = attn.to_k.weight @ x_t, attn.to_v.weight @ x_t  # [N, c, f]: to_k/to_v have no bias
         out = slot_attention(q, k_t, v_t, p_k, p_v, self.index, attn.heads)
