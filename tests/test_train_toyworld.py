@@ -1,5 +1,5 @@
 """scripts/train_toyworld.py end to end at a few steps per stage: every stage (with the --high-noise refine and
-motion_hn stages) runs, the exported files are ordinary SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads
+motion_hn stages, then the --caption-probe experiment's) runs, the exported files are ordinary SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads
 and samples from, the manifest's SHA-256 match, and a rerun skips the finished stages and exports the same bytes."""
 
 import json
@@ -42,5 +42,33 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert "resumed at step 2" in capsys.readouterr().out
         again = json.loads((dest / "manifest.json").read_text())
         assert again["files"] == manifest["files"]  # the same bytes
+
+        # the caption-probe experiment reuses the finished vae/unet stages and keeps its own refine/motion states
+        probe_dest = tmp_path / "probe"
+        assert train_toyworld.main([*TINY, "--caption-probe", "--out", str(state), "--dest", str(probe_dest)]) == 0
+        probed = json.loads((probe_dest / "manifest.json").read_text())
+        assert set(probed["stages"]) == {"vae", "decoder", "unet", "refine_probe", "motion_probe"}
+        assert probed["files"][train_toyworld.CHECKPOINT_NAME] != manifest["files"][train_toyworld.CHECKPOINT_NAME]
+        assert (state / "refine.pt").exists() and (state / "refine_probe.pt").exists()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_caption_probe_trains_the_words_the_image_loss_lets_collapse():
+    """The probe's loss reaches the token embeddings of every attribute word (motion words included: the
+    single-frame loss leaves them without gradient), and ignores captions outside the grammar."""
+    torch.manual_seed(0)
+    tok, text = train_toyworld.CLIPTokenizer(), train_toyworld.CLIPTextModel(train_toyworld.CLIP)
+    probe = train_toyworld.CaptionProbe(train_toyworld.CLIP.width)
+    caps = ["a red circle moving left on a black background", "a green square moving right on a gray background"]
+    ids = tok(caps)
+    loss = probe(text(ids), ids, caps)
+    loss.backward()
+    grad = text.text_model.embeddings.token_embedding.weight.grad
+    for word in ("left", "right", "red", "green", "circle", "square", "black", "gray"):
+        (token,) = tok.encode(word)
+        assert grad[token].norm() > 0, word
+    assert loss.item() > 0
+    outside = ["", "a photo of a cat"]
+    ids = tok(outside)
+    assert probe(text(ids), ids, outside).item() == 0
