@@ -33,3 +33,16 @@ def test_step_profile_runs_both_sides_on_the_same_input(capsys):
     assert "ours / diffusers, process CPU time" in out, out
     diff = float(re.search(r"max \|ours - diffusers\| = ([0-9.e+-]+)", out).group(1))
     assert diff < 1e-4, out
+
+
+def test_cached_allocator_mode_runs_and_says_so():
+    """``--allocator cached`` switches glibc's malloc for the whole process, so it runs in a child process here."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cpu_profile.py"
+    args = ["window", "--tokens", "8", "--dim", "32", "--heads", "2", "--repeats", "1", "--allocator", "cached"]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "cached allocator" in run.stdout, run.stdout
+    err = float(re.search(r"max error vs gathered keys ([0-9.e+-]+)", run.stdout).group(1))
+    assert err < 1e-5, run.stdout
