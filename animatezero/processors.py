@@ -263,7 +263,8 @@ class FramePatternAttention:
     long clips). Input tokens are ``[N, f, c]`` (one sequence of frames per spatial location), without positions.
 
     Since ``to_q``/``to_k``/``to_v`` have no bias, ``W(z + p) = W z + W p``: queries, keys and values are projected
-    once per frame and once per position, and :func:`slot_attention` combines them per slot without gathering keys or values.
+    once per frame and once per position, and :func:`slot_attention` combines them per slot without gathering keys or
+    values.
     """
 
     def __init__(self, pattern: FramePattern, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

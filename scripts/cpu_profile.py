@@ -117,7 +117,9 @@ def step(args) -> None:
             print("           top self CPU: " + ", ".join(f"{k} {v:.2f}s" for k, v in top))
         if len(runs) == 2:
             ratio = statistics.median(a[1] / b[1] for a, b in zip(times["ours"], times["diffusers"]))
-            print(f"ours / diffusers, process CPU time: {ratio:.2f}x (median of interleaved pairs, {args.allocator} allocator)")
+            print(
+                f"ours / diffusers, process CPU time: {ratio:.2f}x (median of interleaved pairs, {args.allocator} allocator)"
+            )
             print(f"max |ours - diffusers| = {(outputs['ours'] - outputs['diffusers']).abs().max().item():.2e}")
 
 

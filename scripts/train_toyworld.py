@@ -375,26 +375,37 @@ class CaptionProbe(nn.Module):
         return torch.stack(losses).mean()
 
 
+def recipe(args) -> dict[str, str]:
+    """The chosen recipe's stages, each with the name of its state file (``<out>/<name>.pt``): the one place that
+    says which states a recipe trains, resumes and exports (the recipes never resume each other's states)."""
+    names = {"vae": "vae", "decoder": "decoder", "unet": "unet"}
+    if args.caption_probe:
+        return names | {"refine": "refine_probe", "motion": "motion_probe"}
+    if args.high_noise:
+        return names | {"refine": "refine", "motion": "motion_hn"}
+    return names | {"motion": "motion"}
+
+
 def drop_captions(rng: random.Random, caps: list[str]) -> list[str]:
     return ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
 
 
 def train_frames(name: str, out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel,
-                 seed: int, high_noise: bool, probe: bool = False) -> tuple[UNetModel, CLIPTextModel]:  # fmt: skip
+                 seed: int, high_noise: bool, caption_probe: bool = False) -> tuple[UNetModel, CLIPTextModel]:  # fmt: skip
     """Train the UNet and text encoder together on single frames of the pool (text-to-image: one random frame of
     each drawn clip, 10% empty captions, EMA weights) as stage ``name``, with the plain eps loss or, with
-    ``high_noise``, :func:`high_noise_loss` on high-noise-biased timesteps. With ``probe`` (state ``<name>_probe``)
-    the :class:`CaptionProbe` loss is added and ``FIRST_FRAME_SHARE`` of the frames are their clip's frame 0 (where
+    ``high_noise``, :func:`high_noise_loss` on high-noise-biased timesteps. With ``caption_probe`` the
+    :class:`CaptionProbe` loss is added and ``FIRST_FRAME_SHARE`` of the frames are their clip's frame 0 (where
     a clip's motion starts: a circle "moving right" starts on the left, so the motion word matters to the picture,
     as it does to AnimateZero's step 1, whose image becomes frame 0). Returns the EMA weights."""
     ema_unet, ema_text = EMA(unet), EMA(text)
     params = [*unet.parameters(), *text.parameters()]
     modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-    probe = CaptionProbe(CLIP.width) if probe else None
+    probe = CaptionProbe(CLIP.width) if caption_probe else None
     if probe is not None:
         params += list(probe.parameters())
         modules["probe"] = probe
-    stage = Stage(name + ("_probe" if probe is not None else ""), out, modules, params, DEFAULT_LR[name], seed)
+    stage = Stage(recipe(args)[name], out, modules, params, DEFAULT_LR[name], seed)
     alphas = DDIMSchedule().alphas_cumprod
     batch = getattr(args, f"batch_{name}")
     first_share = FIRST_FRAME_SHARE if probe is not None else 0.0
@@ -442,7 +453,7 @@ def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     unet, text = copy.deepcopy(unet).train().requires_grad_(True), copy.deepcopy(text).train().requires_grad_(True)
     seed = args.seed + 4
     return train_frames(
-        "refine", out, args, log, pool, tok, unet, text, seed, high_noise=True, probe=args.caption_probe
+        "refine", out, args, log, pool, tok, unet, text, seed, high_noise=True, caption_probe=args.caption_probe
     )
 
 
@@ -450,14 +461,18 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     """The motion module on clips, spatial UNet and text encoder frozen. With ``--high-noise`` it trains on the
     refined UNet with :func:`high_noise_loss` (direction, like color, is decided at high noise), as stage
     ``motion_hn`` (its own state file, so the two recipes never resume each other)."""
-    stage_name = "motion_probe" if args.caption_probe else "motion_hn" if args.high_noise else "motion"
     motion = MotionModules(MOTION)
     for name, p in motion.named_parameters():  # AnimateDiff: proj_out starts at zero, so training starts at identity
         if "proj_out" in name:
             nn.init.zeros_(p)
     ema = EMA(motion)
     stage = Stage(
-        stage_name, out, {"motion": motion, "ema": ema}, motion.parameters(), DEFAULT_LR["motion"], args.seed + 2
+        recipe(args)["motion"],
+        out,
+        {"motion": motion, "ema": ema},
+        motion.parameters(),
+        DEFAULT_LR["motion"],
+        args.seed + 2,
     )
     alphas = DDIMSchedule().alphas_cumprod
     unet.requires_grad_(False)
@@ -575,12 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     motion = train_motion(args.out, args, log, pool, tok, unet, text)
     vae = train_decoder(args.out, args, log, vae)
-    if args.caption_probe:
-        used = ("vae", "decoder", "unet", "refine_probe", "motion_probe")
-    elif args.high_noise:
-        used = ("vae", "decoder", "unet", "refine", "motion_hn")
-    else:
-        used = ("vae", "decoder", "unet", "motion")
+    used = tuple(recipe(args).values())
     if all((args.out / f"{s}.done").exists() for s in used) or args.export_only:
         meta = {
             "trained_by": "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:]),

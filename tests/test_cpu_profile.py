@@ -2,6 +2,7 @@
 and that what it compares is the same computation)."""
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,8 +38,6 @@ def test_step_profile_runs_both_sides_on_the_same_input(capsys):
 
 def test_cached_allocator_mode_runs_and_says_so():
     """``--allocator cached`` switches glibc's malloc for the whole process, so it runs in a child process here."""
-    import subprocess
-
     script = Path(__file__).resolve().parent.parent / "scripts" / "cpu_profile.py"
     args = ["window", "--tokens", "8", "--dim", "32", "--heads", "2", "--repeats", "1", "--allocator", "cached"]
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
