@@ -4,21 +4,20 @@ AnimateDiff's recipe, on the procedural world of :mod:`evaluation.toyworld`:
 
 1. ``vae``: the SD1.5 VAE architecture at a small width (``ch`` 64, mult 1,1,1,1, one ResBlock per level: 64x64 RGB
    <-> 8x8x4) as an autoencoder (L1 + MSE + a small KL) on 32x32 crops that always hold the object, then rescaled
-   exactly so that its latents times SD's 0.18215 have unit variance.
-2. ``unet``: the SD1.5 UNet (``model_channels`` 64, mult 1,1,1,1, two ResBlocks per level, attention at levels 0-2) and a CLIP text
-   encoder of the real architecture (width 32, 2 layers, the real 49,408-token vocabulary and tokenizer), trained
-   together on single frames (text-to-image; eps prediction on AnimateDiff's linear-beta schedule, 10% empty
-   captions for classifier-free guidance, EMA weights). Widths are at least 64 where it matters: SD's GroupNorms
+   exactly so that its latents times SD's 0.18215 have unit variance; ``decoder`` then fine-tunes its decoder on
+   whole frames with the encoder frozen (as SD's ft-MSE VAE), beside the later stages if wanted.
+2. ``text``: a CLIP text encoder of the real architecture (width 32, 2 layers, the real 49,408-token vocabulary and
+   tokenizer) pre-trained on the world's captions (:class:`CaptionProbe`: the caption's four attributes from its
+   end-of-text/padding tokens), then frozen, as SD freezes CLIP.
+3. ``unet``: the SD1.5 UNet (``model_channels`` 64, mult 1,1,1,1, two ResBlocks per level, attention at levels 0-2)
+   trained from scratch on single frames (text-to-image; eps prediction on AnimateDiff's linear-beta schedule, 10%
+   empty captions for classifier-free guidance, EMA weights) with :func:`high_noise_loss`, which weights the loss
+   toward high noise, where the prompt decides the picture. Widths are at least 64 where it matters: SD's GroupNorms
    have 32 groups, and at one channel per group the UNet's output norm would erase every per-image constant.
-3. ``motion``: an AnimateDiff motion module in the v2 layout (with the mid-block module; ``proj_out`` zero-initialised
-   as in AnimateDiff) trained on 16-frame clips with the spatial UNet and the text encoder frozen.
-   ``--high-noise`` (the recipe of the shipped files) adds a ``refine`` stage between 2 and 3: the UNet and text
-   encoder fine-tuned with a loss weighted toward high noise (:func:`high_noise_loss`), where the prompt decides the
-   picture; and it trains the motion module with the same loss (stage ``motion_hn``). ``--caption-probe`` (an
-   experiment, measured in the README, not shipped) adds to ``refine`` a :class:`CaptionProbe` that keeps the text
-   encoder's captions apart and makes half of the frames their clip's frame 0 (stages ``refine_probe`` and
-   ``motion_probe``, their own state files).
-4. ``export``: an LDM single file (``model.diffusion_model.*``, ``first_stage_model.*``,
+4. ``motion``: an AnimateDiff motion module in the v2 layout (with the mid-block module; ``proj_out``
+   zero-initialised as in AnimateDiff) trained on 16-frame clips with the same loss, the spatial UNet and the text
+   encoder frozen.
+5. ``export``: an LDM single file (``model.diffusion_model.*``, ``first_stage_model.*``,
    ``cond_stage_model.transformer.text_model.*``) and a motion module (``down_blocks.*``) as fp16 safetensors, with
    their SHA-256, into ``animatezero/assets/toyworld/``.
 
@@ -26,10 +25,8 @@ Every stage is seeded and resumable: it saves its state every ``--save-every`` s
 continues where it stopped (a finished stage is skipped). ``--wandb`` logs to Weights & Biases (offline unless
 ``WANDB_MODE`` says otherwise).
 
-    python scripts/train_toyworld.py --high-noise --steps-motion 1500   # the shipped recipe (about 1.6 h, 2 cores)
-    python scripts/train_toyworld.py                       # AnimateDiff's plain recipe (no refine, plain eps loss)
-    python scripts/train_toyworld.py --caption-probe --steps-motion 2500  # the caption-probe experiment
-    python scripts/train_toyworld.py --stage motion        # one stage (needs the earlier ones)
+    python scripts/train_toyworld.py                       # the shipped recipe (about 1.3 h on 2 cores)
+    python scripts/train_toyworld.py --stage unet          # up to one stage (the decoder may run beside the others)
     python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
 """
 
@@ -72,15 +69,13 @@ MOTION = dataclasses.replace(MotionConfig.for_version(2, UNET.block_channels), l
 ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
 CHECKPOINT_NAME = "toyworld_sd15.safetensors"
 MOTION_NAME = "mm_toyworld_v2.safetensors"
-STAGES = ("vae", "decoder", "unet", "refine", "motion")
-DEFAULT_STEPS = {"vae": 3000, "decoder": 2500, "unet": 3000, "refine": 3000, "motion": 1200}
-DEFAULT_BATCH = {"vae": 8, "decoder": 4, "unet": 32, "refine": 32, "motion": 2}
-POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents  # frames, frames, clips
-DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "unet": 5e-4, "refine": 2e-4, "motion": 5e-4}
-HIGH_NOISE_CAP = 10.0  # refine/motion loss weight: min(1 / alpha_bar_t, 10), see high_noise_loss
+STAGES = ("vae", "decoder", "text", "unet", "motion")
+DEFAULT_STEPS = {"vae": 3000, "decoder": 2500, "text": 400, "unet": 5000, "motion": 3500}
+DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "motion": 2}  # frames, frames, captions, frames, clips
+POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents
+DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "text": 1e-3, "unet": 5e-4, "motion": 5e-4}
+HIGH_NOISE_CAP = 10.0  # UNet/motion loss weight: min(1 / alpha_bar_t, 10), see high_noise_loss
 CAPTION_DROPOUT = 0.1
-FIRST_FRAME_SHARE = 0.5  # --caption-probe: share of refine frames that are their clip's frame 0 (see train_frames)
-PROBE_WEIGHT = 0.05  # --caption-probe: weight of the caption probe's loss (see CaptionProbe)
 PROBE_TEMPERATURE = 0.1
 EMA_DECAY = 0.998
 
@@ -332,19 +327,16 @@ def high_noise_loss(pred: Tensor, eps: Tensor, t: Tensor, alphas: Tensor) -> Ten
 
 
 class CaptionProbe(nn.Module):
-    """Keeps the text encoder's captions apart while it trains with the UNet (``refine`` with ``--caption-probe``).
+    """The text encoder's pre-training objective (stage ``text``): classify each of the caption's four attributes
+    from the mean of its end-of-text/padding tokens (the last hidden states the UNet reads), by cosine similarity to
+    one learned prototype per class at a fixed temperature, so only an angular separation of the tokens lowers it,
+    not a rescaled head. Its prototypes are training state; they are not exported.
 
-    SD freezes a CLIP text encoder that contrastive pre-training taught to tell captions apart. Ours trains jointly
-    from scratch, and words the single-frame loss does not need collapse: after the ``unet`` stage, captions that
-    differ only in the motion word were 0.4 % apart (shape word: 1 %), so the spatial features the frozen UNet hands
-    the motion module cannot say which way to move. The probe classifies each of the caption's four attributes from
-    the mean of its end-of-text/padding tokens (the last hidden state the UNet reads), by cosine similarity to one
-    learned prototype per class at a fixed temperature: only an angular separation of the tokens lowers it, not a
-    rescaled head. Its prototypes are training state; they are not exported.
-
-    Measured (README "Toy world"): it keeps the words apart (motion 0.4 % -> 2.9 %, shape 1 % -> 3.7 %) and the
-    clips it leads to move smoothly (text-to-video track jerk 3.0 px against 11.7), but the direction still ignores
-    the caption, T2I color fell (0.44 -> 0.28) and consistency with frame 0 fell: not shipped."""
+    SD freezes a CLIP text encoder that contrastive pre-training taught to tell captions apart; this is that step for
+    the toy world, with the caption's known attributes standing in for the paired image. Trained jointly with the
+    UNet from scratch instead (the recipe before this one), the encoder let the words a single frame does not need
+    collapse: captions differing only in the motion word came out 0.4 % apart, in the shape word 1 % (README "Toy
+    world")."""
 
     ATTRIBUTES = {
         "color": tuple(tw.COLORS),
@@ -375,105 +367,63 @@ class CaptionProbe(nn.Module):
         return torch.stack(losses).mean()
 
 
-def recipe(args) -> dict[str, str]:
-    """The chosen recipe's stages, each with the name of its state file (``<out>/<name>.pt``): the one place that
-    says which states a recipe trains, resumes and exports (the recipes never resume each other's states)."""
-    names = {"vae": "vae", "decoder": "decoder", "unet": "unet"}
-    if args.caption_probe:
-        return names | {"refine": "refine_probe", "motion": "motion_probe"}
-    if args.high_noise:
-        return names | {"refine": "refine", "motion": "motion_hn"}
-    return names | {"motion": "motion"}
-
-
 def drop_captions(rng: random.Random, caps: list[str]) -> list[str]:
     return ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
 
 
-def train_frames(name: str, out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel,
-                 seed: int, high_noise: bool, caption_probe: bool = False) -> tuple[UNetModel, CLIPTextModel]:  # fmt: skip
-    """Train the UNet and text encoder together on single frames of the pool (text-to-image: one random frame of
-    each drawn clip, 10% empty captions, EMA weights) as stage ``name``, with the plain eps loss or, with
-    ``high_noise``, :func:`high_noise_loss` on high-noise-biased timesteps. With ``caption_probe`` the
-    :class:`CaptionProbe` loss is added and ``FIRST_FRAME_SHARE`` of the frames are their clip's frame 0 (where
-    a clip's motion starts: a circle "moving right" starts on the left, so the motion word matters to the picture,
-    as it does to AnimateZero's step 1, whose image becomes frame 0). Returns the EMA weights."""
-    ema_unet, ema_text = EMA(unet), EMA(text)
-    params = [*unet.parameters(), *text.parameters()]
-    modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-    probe = CaptionProbe(CLIP.width) if caption_probe else None
-    if probe is not None:
-        params += list(probe.parameters())
-        modules["probe"] = probe
-    stage = Stage(recipe(args)[name], out, modules, params, DEFAULT_LR[name], seed)
-    alphas = DDIMSchedule().alphas_cumprod
-    batch = getattr(args, f"batch_{name}")
-    first_share = FIRST_FRAME_SHARE if probe is not None else 0.0
+def train_text(out: Path, args, log, tok: CLIPTokenizer) -> CLIPTextModel:
+    """Stage ``text``: pre-train the CLIP text encoder on the world's captions with :class:`CaptionProbe`, then
+    freeze it (as SD freezes CLIP). CLIP's initialisation: token embeddings N(0, 0.02), positions N(0, 0.01)."""
+    text, probe = CLIPTextModel(CLIP), CaptionProbe(CLIP.width)
+    nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=0.02)
+    nn.init.normal_(text.text_model.embeddings.position_embedding.weight, std=0.01)
+    params = [*text.parameters(), *probe.parameters()]
+    stage = Stage("text", out, {"text": text, "probe": probe}, params, DEFAULT_LR["text"], args.seed + 5)
 
-    class Both:
-        def update(self):
-            ema_unet.update()
-            ema_text.update()
+    def loss_fn(rng):
+        caps = [sample_scene(rng.randrange(EVAL_SEED_BASE)).caption for _ in range(args.batch_text)]
+        ids = tok(caps)  # [b, 77]
+        return probe(text(ids), ids, caps), {}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, args.steps_text, DEFAULT_LR["text"], loss_fn, args.save_every, log)
+    return text.eval().requires_grad_(False)
+
+
+def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextModel) -> UNetModel:
+    """Stage ``unet``: a fresh UNet on single frames of the pool (text-to-image: one random frame of each drawn
+    clip, 10 % empty captions, EMA weights), conditioned by the frozen text encoder, trained with
+    :func:`high_noise_loss` on high-noise-biased timesteps. Returns the EMA weights."""
+    unet = UNetModel(UNET)
+    ema = EMA(unet)
+    stage = Stage("unet", out, {"unet": unet, "ema_unet": ema}, unet.parameters(), DEFAULT_LR["unet"], args.seed + 1)
+    alphas = DDIMSchedule().alphas_cumprod
 
     def loss_fn(rng):
         captions, latents = pool
-        idx = [rng.randrange(len(captions)) for _ in range(batch)]
-        f = latents.shape[2]
-        frames = torch.tensor([0 if first_share and rng.random() < first_share else rng.randrange(f) for _ in idx])
+        idx = [rng.randrange(len(captions)) for _ in range(args.batch_unet)]
+        frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
         z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one frame of each drawn clip
-        zt, t, eps = noisy(z0, alphas, high=high_noise)
-        caps = drop_captions(rng, [captions[i] for i in idx])
-        ids = tok(caps)  # [b, 77]
-        ctx = text(ids)  # [b, 77, 32]
-        pred = unet(zt, t, ctx)
-        loss = high_noise_loss(pred, eps, t, alphas) if high_noise else F.mse_loss(pred, eps)
-        if probe is None:
-            return loss, {}
-        probe_loss = probe(ctx, ids, caps)
-        return loss + PROBE_WEIGHT * probe_loss, {"probe": probe_loss.item()}
+        zt, t, eps = noisy(z0, alphas, high=True)
+        with torch.no_grad():
+            ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
+        return high_noise_loss(unet(zt, t, ctx), eps, t, alphas), {}
 
     if not stage.done_marker().exists():
-        run_stage(stage, getattr(args, f"steps_{name}"), DEFAULT_LR[name], loss_fn, args.save_every, log, ema=Both())
-    return ema_unet.shadow.eval().requires_grad_(False), ema_text.shadow.eval().requires_grad_(False)
-
-
-def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer) -> tuple[UNetModel, CLIPTextModel]:
-    """Stage ``unet``: a fresh UNet and text encoder, plain eps loss."""
-    unet, text = UNetModel(UNET), CLIPTextModel(CLIP)
-    # CLIP's initialisation: token embeddings N(0, 0.02), positions N(0, 0.01) (nn.Embedding's N(0, 1) positions
-    # would drown the tokens, and with them the prompt)
-    nn.init.normal_(text.text_model.embeddings.token_embedding.weight, std=0.02)
-    nn.init.normal_(text.text_model.embeddings.position_embedding.weight, std=0.01)
-    return train_frames("unet", out, args, log, pool, tok, unet, text, args.seed + 1, high_noise=False)
-
-
-def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel):
-    """Stage ``refine`` (``--high-noise``): the ``unet`` stage's EMA weights fine-tuned with :func:`high_noise_loss`,
-    so that the prompt steers the picture (``refine_probe`` with ``--caption-probe``)."""
-    unet, text = copy.deepcopy(unet).train().requires_grad_(True), copy.deepcopy(text).train().requires_grad_(True)
-    seed = args.seed + 4
-    return train_frames(
-        "refine", out, args, log, pool, tok, unet, text, seed, high_noise=True, caption_probe=args.caption_probe
-    )
+        run_stage(stage, args.steps_unet, DEFAULT_LR["unet"], loss_fn, args.save_every, log, ema=ema)
+    return ema.shadow.eval().requires_grad_(False)
 
 
 def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel) -> MotionModules:
-    """The motion module on clips, spatial UNet and text encoder frozen. With ``--high-noise`` it trains on the
-    refined UNet with :func:`high_noise_loss` (direction, like color, is decided at high noise), as stage
-    ``motion_hn`` (its own state file, so the two recipes never resume each other)."""
+    """Stage ``motion``: an AnimateDiff v2 motion module on 16-frame clips, the spatial UNet and the text encoder
+    frozen, with :func:`high_noise_loss` (direction, like color, is decided at high noise)."""
     motion = MotionModules(MOTION)
     for name, p in motion.named_parameters():  # AnimateDiff: proj_out starts at zero, so training starts at identity
         if "proj_out" in name:
             nn.init.zeros_(p)
     ema = EMA(motion)
-    stage = Stage(
-        recipe(args)["motion"],
-        out,
-        {"motion": motion, "ema": ema},
-        motion.parameters(),
-        DEFAULT_LR["motion"],
-        args.seed + 2,
-    )
+    modules = {"motion": motion, "ema": ema}
+    stage = Stage("motion", out, modules, motion.parameters(), DEFAULT_LR["motion"], args.seed + 2)
     alphas = DDIMSchedule().alphas_cumprod
     unet.requires_grad_(False)
 
@@ -483,9 +433,8 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
         z0 = latents[torch.tensor(idx)]  # [b, 4, f, 8, 8]
         with torch.no_grad():
             ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
-        zt, t, eps = noisy(z0, alphas, high=args.high_noise)
-        pred = unet(zt, t, ctx, motion=motion)
-        return (high_noise_loss(pred, eps, t, alphas) if args.high_noise else F.mse_loss(pred, eps)), {}
+        zt, t, eps = noisy(z0, alphas, high=True)
+        return high_noise_loss(unet(zt, t, ctx, motion=motion), eps, t, alphas), {}
 
     if not stage.done_marker().exists():
         run_stage(stage, args.steps_motion, DEFAULT_LR["motion"], loss_fn, args.save_every, log, ema=ema)
@@ -535,23 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size (a multiple of 8)")
     ap.add_argument("--pool-clips", type=int, default=POOL_CLIPS, help="clips encoded once for the UNet/motion stages")
     ap.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless WANDB_MODE is set)")
-    ap.add_argument(
-        "--high-noise",
-        action="store_true",
-        help="the shipped recipe: add the refine stage and train the motion module with the high-noise loss "
-        "(see high_noise_loss)",
-    )
-    ap.add_argument(
-        "--caption-probe",
-        action="store_true",
-        help="experiment (implies --high-noise): refine with a CaptionProbe and half the frames at frame 0 "
-        "(stages refine_probe, motion_probe; see CaptionProbe for what it measured)",
-    )
     for s in STAGES:
         ap.add_argument(f"--steps-{s}", type=int, default=DEFAULT_STEPS[s])
         ap.add_argument(f"--batch-{s}", type=int, default=DEFAULT_BATCH[s])
     args = ap.parse_args(argv)
-    args.high_noise = args.high_noise or args.caption_probe or args.stage == "refine"
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -580,17 +516,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "decoder":  # may run beside the UNet/motion stages: the latents do not depend on it
         train_decoder(args.out, args, log, vae)
         return 0
+    if "text" not in wanted:
+        return 0
+    text = train_text(args.out, args, log, tok)
     if "unet" not in wanted:
         return 0
     pool = latent_pool(args.out, vae, args.pool_clips, args.seed)
-    unet, text = train_unet(args.out, args, log, pool, tok)
-    if args.high_noise:
-        unet, text = train_refine(args.out, args, log, pool, tok, unet, text)
-    if args.stage in ("unet", "refine"):
+    unet = train_unet(args.out, args, log, pool, tok, text)
+    if args.stage == "unet":
         return 0
     motion = train_motion(args.out, args, log, pool, tok, unet, text)
     vae = train_decoder(args.out, args, log, vae)
-    used = tuple(recipe(args).values())
+    used = STAGES
     if all((args.out / f"{s}.done").exists() for s in used) or args.export_only:
         meta = {
             "trained_by": "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -72,23 +72,37 @@ def test_same_frames_as_diffusers(pipe, tmp_path):
     assert oracle.max_err(mine_image.image, ref_image)["max_abs"] <= 1e-4
 
 
-def test_text_to_image_follows_the_background_and_color_words(pipe):
-    """Held-out prompts give one object on a plain background, on the background the caption names (chance 1/3) and
-    above chance in the object's color (1/7). Measured on these 12 prompts and seeds: object found 11, background
-    right 11, color right 4 (README "Toy world"); shape is at chance and not asserted."""
-    found = background = color = 0
+def test_text_encoder_keeps_every_caption_word_apart(pipe):
+    """The frozen, pre-trained text encoder (README "Toy world") tells captions apart that differ in one word, the
+    motion word included, which a single frame does not show. Measured: 0.60 (background) to 0.79 (motion) relative
+    distance between the last hidden states; the encoder trained jointly with the UNet had 0.004 for the motion word."""
+    base = "a red circle moving right on a black background"
+    others = [
+        base.replace(a, b) for a, b in (("right", "left"), ("circle", "square"), ("red", "blue"), ("black", "gray"))
+    ]
+    hidden = pipe.encode_prompt([base, *others])  # [5, 77, 32]
+    distance = (hidden[1:] - hidden[:1]).flatten(1).norm(dim=1) / hidden[0].norm()
+    assert (distance >= 0.4).all(), distance
+
+
+def test_text_to_image_follows_the_caption(pipe):
+    """Held-out prompts give one object on a plain background, on the background the caption names (chance 1/3), in
+    the object's color (chance 1/7) and above chance in its shape (1/3). Measured on these 12 prompts and seeds:
+    object found 12, background right 12, color 10, shape 7 (README "Toy world")."""
+    found = background = color = shape = 0
     for k, s in enumerate(eval_scenes(12)):
         image = pipe.text_to_image(s.caption, steps=STEPS, seed=k).image
         acc = metrics.prompt_accuracy(image, s.caption)
         found += metrics.detect(image).found
         background += acc["background_acc"]
         color += acc["color_acc"]
-    assert found >= 10 and background >= 9 and color >= 3, (found, background, color)
+        shape += acc["shape_acc"]
+    assert found >= 11 and background >= 11 and color >= 8 and shape >= 5, (found, background, color, shape)
 
 
 def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
     """Frame 0 is the step-1 image (paper Sec. 4.1); the object is found in (nearly) every frame and mostly keeps
-    frame 0's color. Measured on these 6 clips: found 0.875-1.0 per clip (mean 0.95), color kept in 0.82 of frames."""
+    frame 0's color. Measured on these 6 clips: found 1.0 in every clip, color kept in 0.74 of frames (0.40-1.0)."""
     found, kept = [], []
     for k, s in enumerate(eval_scenes(len(MOTIONS))):
         image, video = pipe.generate(s.caption, steps=STEPS, seed=k, controls=Controls.paper())
@@ -97,7 +111,7 @@ def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
         found.append(score["toyworld_found"])
         kept.append(score["toyworld_color_consistency"])
     assert min(found) >= 0.8 and sum(found) / len(found) >= FOUND_MIN, found
-    assert sum(kept) / len(kept) >= 0.65, kept
+    assert sum(kept) / len(kept) >= 0.6, kept
 
 
 def test_offline_demo_command(tmp_path):
@@ -115,6 +129,6 @@ def test_offline_demo_command(tmp_path):
     assert metrics.score_video(frames, prompt)["toyworld_found"] >= FOUND_MIN
 
 
-# measured on the shipped model: objects found in 98.7 % of all frames of the ablation sweep (448 clips, README "Toy
-# world"); a single clip can lose the object in a few frames, so the mean is asserted, not every clip
+# measured on the shipped model: objects found in every frame of the ablation sweep (448 clips, README "Toy world");
+# a single clip may lose the object in a frame or two, so the mean is asserted, not every frame
 FOUND_MIN = 0.9
