@@ -25,7 +25,7 @@ Every stage is seeded and resumable: it saves its state every ``--save-every`` s
 continues where it stopped (a finished stage is skipped). ``--wandb`` logs to Weights & Biases (offline unless
 ``WANDB_MODE`` says otherwise).
 
-    python scripts/train_toyworld.py                       # the shipped recipe (about 1.3 h on 2 cores)
+    python scripts/train_toyworld.py                       # the shipped recipe (about 1.5 h on 2 cores)
     python scripts/train_toyworld.py --stage unet          # up to one stage (the decoder may run beside the others)
     python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
 """
