@@ -371,6 +371,13 @@ def drop_captions(rng: random.Random, caps: list[str]) -> list[str]:
     return ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
 
 
+@torch.no_grad()
+def caption_context(rng: random.Random, text: CLIPTextModel, tok: CLIPTokenizer, caps: list[str]) -> Tensor:
+    """The frozen text encoder's last hidden states ``[b, 77, 32]`` for ``caps``, 10 % of them emptied (for
+    classifier-free guidance)."""
+    return text(tok(drop_captions(rng, caps)))
+
+
 def train_text(out: Path, args, log, tok: CLIPTokenizer) -> CLIPTextModel:
     """Stage ``text``: pre-train the CLIP text encoder on the world's captions with :class:`CaptionProbe`, then
     freeze it (as SD freezes CLIP). CLIP's initialisation: token embeddings N(0, 0.02), positions N(0, 0.01)."""
@@ -405,8 +412,7 @@ def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextMod
         frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
         z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one frame of each drawn clip
         zt, t, eps = noisy(z0, alphas, high=True)
-        with torch.no_grad():
-            ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
+        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
         return high_noise_loss(unet(zt, t, ctx), eps, t, alphas), {}
 
     if not stage.done_marker().exists():
@@ -431,8 +437,7 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
         captions, latents = pool
         idx = [rng.randrange(len(captions)) for _ in range(args.batch_motion)]
         z0 = latents[torch.tensor(idx)]  # [b, 4, f, 8, 8]
-        with torch.no_grad():
-            ctx = text(tok(drop_captions(rng, [captions[i] for i in idx])))  # [b, 77, 32]
+        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
         zt, t, eps = noisy(z0, alphas, high=True)
         return high_noise_loss(unet(zt, t, ctx, motion=motion), eps, t, alphas), {}
 
@@ -527,11 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     motion = train_motion(args.out, args, log, pool, tok, unet, text)
     vae = train_decoder(args.out, args, log, vae)
-    used = STAGES
-    if all((args.out / f"{s}.done").exists() for s in used) or args.export_only:
+    if all((args.out / f"{s}.done").exists() for s in STAGES) or args.export_only:
         meta = {
             "trained_by": "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "stages": {s: json.loads((args.out / f"{s}.done").read_text()) for s in used},
+            "stages": {s: json.loads((args.out / f"{s}.done").read_text()) for s in STAGES},
             "device": "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
