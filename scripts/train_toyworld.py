@@ -493,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--steps-{s}", type=int, default=DEFAULT_STEPS[s])
         ap.add_argument(f"--batch-{s}", type=int, default=DEFAULT_BATCH[s])
     args = ap.parse_args(argv)
+    # every stage builds its modules before its Stage seeds torch, and torch's generator starts from a random seed:
+    # seed it here, so that a seed fixes the initialisations too (a resumed stage restores the generator's state)
+    torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

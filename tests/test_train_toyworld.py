@@ -1,6 +1,6 @@
 """scripts/train_toyworld.py end to end at a few steps per stage: every stage runs, the exported files are ordinary
-SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, and a rerun
-skips the finished stages and exports the same bytes."""
+SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, a rerun
+skips the finished stages and exports the same bytes, and a second run from nothing trains the same bytes."""
 
 import json
 import sys
@@ -42,6 +42,11 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert "resumed at step 2" in capsys.readouterr().out
         again = json.loads((dest / "manifest.json").read_text())
         assert again["files"] == manifest["files"]  # the same bytes
+
+        # seeded: a second run from nothing trains and exports the same bytes
+        fresh = tmp_path / "fresh"
+        assert train_toyworld.main([*TINY, "--out", str(fresh / "state"), "--dest", str(fresh / "dest")]) == 0
+        assert json.loads((fresh / "dest" / "manifest.json").read_text())["files"] == manifest["files"]
 
         # the text encoder is the `text` stage's, frozen through the UNet and motion stages (as SD freezes CLIP)
         pretrained = torch.load(state / "text.pt", weights_only=False)["modules"]["text"]
