@@ -14,6 +14,8 @@ AnimateDiff's recipe, on the procedural world of :mod:`evaluation.toyworld`:
    empty captions for classifier-free guidance, EMA weights) with :func:`high_noise_loss`, which weights the loss
    toward high noise, where the prompt decides the picture. Widths are at least 64 where it matters: SD's GroupNorms
    have 32 groups, and at one channel per group the UNet's output norm would erase every per-image constant.
+   ``refine`` then continues the UNet's EMA weights for a short stage at a low learning rate, half of its frames
+   being their clip's frame 0 (the frame that AnimateZero's step 1 draws).
 4. ``motion``: an AnimateDiff motion module in the v2 layout (with the mid-block module; ``proj_out``
    zero-initialised as in AnimateDiff) trained on 16-frame clips with the same loss, the spatial UNet and the text
    encoder frozen.
@@ -25,7 +27,7 @@ Every stage is seeded and resumable: it saves its state every ``--save-every`` s
 continues where it stopped (a finished stage is skipped). ``--wandb`` logs to Weights & Biases (offline unless
 ``WANDB_MODE`` says otherwise).
 
-    python scripts/train_toyworld.py                       # the shipped recipe (about 1.5 h on 2 cores)
+    python scripts/train_toyworld.py                       # the shipped recipe (about 1.7 h on 2 cores)
     python scripts/train_toyworld.py --stage unet          # up to one stage (the decoder may run beside the others)
     python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
 """
@@ -69,15 +71,18 @@ MOTION = dataclasses.replace(MotionConfig.for_version(2, UNET.block_channels), l
 ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
 CHECKPOINT_NAME = "toyworld_sd15.safetensors"
 MOTION_NAME = "mm_toyworld_v2.safetensors"
-STAGES = ("vae", "decoder", "text", "unet", "motion")
-DEFAULT_STEPS = {"vae": 3000, "decoder": 2500, "text": 400, "unet": 5000, "motion": 3500}
-DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "motion": 2}  # frames, frames, captions, frames, clips
+STAGES = ("vae", "decoder", "text", "unet", "refine", "motion")
+DEFAULT_STEPS = {"vae": 3000, "decoder": 2500, "text": 400, "unet": 5000, "refine": 800, "motion": 3500}
+# frames, frames, captions, frames, frames, clips
+DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "refine": 32, "motion": 2}
 POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents
-DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "text": 1e-3, "unet": 5e-4, "motion": 5e-4}
+DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "text": 1e-3, "unet": 5e-4, "refine": 1e-4, "motion": 5e-4}
 HIGH_NOISE_CAP = 10.0  # UNet/motion loss weight: min(1 / alpha_bar_t, 10), see high_noise_loss
 CAPTION_DROPOUT = 0.1
 PROBE_TEMPERATURE = 0.1
 EMA_DECAY = 0.998
+REFINE_EMA_DECAY = 0.99  # a short stage: its EMA must forget the unrefined start
+REFINE_FIRST_FRAME = 0.5  # share of the refine stage's frames that are their clip's frame 0
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -420,6 +425,33 @@ def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextMod
     return ema.shadow.eval().requires_grad_(False)
 
 
+def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextModel, unet: UNetModel) -> UNetModel:
+    """Stage ``refine``: continue the ``unet`` stage's EMA weights at a low learning rate with the same loss, half of
+    the frames being their clip's frame 0 (the frame AnimateZero's step 1 draws: a generated image becomes frame 0 of
+    the clip, and frame 0 is where a clip's motion starts). On 32 held-out prompts at guidance 5 (README "Toy
+    world"), text-to-image color accuracy went from 0.88 after ``unet`` to 0.94 after this stage, shape from 0.75 to
+    0.78. Returns the EMA weights (decay :data:`REFINE_EMA_DECAY`)."""
+    unet = copy.deepcopy(unet).requires_grad_(True)
+    ema = EMA(unet, REFINE_EMA_DECAY)
+    modules = {"unet": unet, "ema_unet": ema}
+    stage = Stage("refine", out, modules, unet.parameters(), DEFAULT_LR["refine"], args.seed + 6)
+    alphas = DDIMSchedule().alphas_cumprod
+
+    def loss_fn(rng):
+        captions, latents = pool
+        idx = [rng.randrange(len(captions)) for _ in range(args.batch_refine)]
+        first = [rng.random() < REFINE_FIRST_FRAME for _ in idx]
+        frames = torch.tensor([0 if f else rng.randrange(latents.shape[2]) for f in first])
+        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]
+        zt, t, eps = noisy(z0, alphas, high=True)
+        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
+        return high_noise_loss(unet(zt, t, ctx), eps, t, alphas), {}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, args.steps_refine, DEFAULT_LR["refine"], loss_fn, args.save_every, log, ema=ema)
+    return ema.shadow.eval().requires_grad_(False)
+
+
 def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel) -> MotionModules:
     """Stage ``motion``: an AnimateDiff v2 motion module on 16-frame clips, the spatial UNet and the text encoder
     frozen, with :func:`high_noise_loss` (direction, like color, is decided at high noise)."""
@@ -532,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     pool = latent_pool(args.out, vae, args.pool_clips, args.seed)
     unet = train_unet(args.out, args, log, pool, tok, text)
     if args.stage == "unet":
+        return 0
+    unet = train_refine(args.out, args, log, pool, tok, text, unet)
+    if args.stage == "refine":
         return 0
     motion = train_motion(args.out, args, log, pool, tok, unet, text)
     vae = train_decoder(args.out, args, log, vae)

@@ -88,7 +88,7 @@ def test_text_encoder_keeps_every_caption_word_apart(pipe):
 def test_text_to_image_follows_the_caption(pipe):
     """Held-out prompts give one object on a plain background, on the background the caption names (chance 1/3), in
     the object's color (chance 1/7) and above chance in its shape (1/3). Measured on these 12 prompts and seeds:
-    object found 12, background right 12, color 10, shape 7 (README "Toy world")."""
+    object found 12, background right 11, color 9, shape 8 (README "Toy world")."""
     found = background = color = shape = 0
     for k, s in enumerate(eval_scenes(12)):
         image = pipe.text_to_image(s.caption, steps=STEPS, seed=k).image
@@ -97,12 +97,12 @@ def test_text_to_image_follows_the_caption(pipe):
         background += acc["background_acc"]
         color += acc["color_acc"]
         shape += acc["shape_acc"]
-    assert found >= 11 and background >= 11 and color >= 8 and shape >= 5, (found, background, color, shape)
+    assert found >= 11 and background >= 10 and color >= 7 and shape >= 6, (found, background, color, shape)
 
 
 def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
     """Frame 0 is the step-1 image (paper Sec. 4.1); the object is found in (nearly) every frame and mostly keeps
-    frame 0's color. Measured on these 6 clips: found 1.0 in every clip, color kept in 0.74 of frames (0.40-1.0)."""
+    frame 0's color. Measured on these 6 clips: found 1.0 in every clip, color kept in 0.71 of frames (0.27-1.0)."""
     found, kept = [], []
     for k, s in enumerate(eval_scenes(len(MOTIONS))):
         image, video = pipe.generate(s.caption, steps=STEPS, seed=k, controls=Controls.paper())

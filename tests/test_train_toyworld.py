@@ -17,7 +17,7 @@ from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
 TINY = [
     *("--threads 1 --save-every 1 --pool-clips 2".split()),
     *("--steps-vae 2 --batch-vae 2 --steps-decoder 2 --batch-decoder 1 --steps-text 2 --batch-text 2".split()),
-    *("--steps-unet 2 --batch-unet 2 --steps-motion 2 --batch-motion 1".split()),
+    *("--steps-unet 2 --batch-unet 2 --steps-refine 2 --batch-refine 2 --steps-motion 2 --batch-motion 1".split()),
 ]
 
 
@@ -27,7 +27,7 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
     try:
         assert train_toyworld.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0
         manifest = json.loads((dest / "manifest.json").read_text())
-        assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "motion"}
+        assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "motion"}
         for name, entry in manifest["files"].items():
             assert train_toyworld.sha256(dest / name) == entry["sha256"]
         pipe = AnimateZeroPipeline.from_single_files(
@@ -47,6 +47,13 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         fresh = tmp_path / "fresh"
         assert train_toyworld.main([*TINY, "--out", str(fresh / "state"), "--dest", str(fresh / "dest")]) == 0
         assert json.loads((fresh / "dest" / "manifest.json").read_text())["files"] == manifest["files"]
+
+        # the exported UNet is the `refine` stage's EMA, which started from the `unet` stage's
+        refined = torch.load(state / "refine.pt", weights_only=False)["modules"]["ema_unet"]
+        exported = pipe.unet.state_dict()
+        assert all(torch.equal(exported[k], v.half().float()) for k, v in refined.items())
+        unet_stage = torch.load(state / "unet.pt", weights_only=False)["modules"]["ema_unet"]
+        assert any(not torch.equal(refined[k], v) for k, v in unet_stage.items())
 
         # the text encoder is the `text` stage's, frozen through the UNet and motion stages (as SD freezes CLIP)
         pretrained = torch.load(state / "text.pt", weights_only=False)["modules"]["text"]
