@@ -402,6 +402,20 @@ def train_text(out: Path, args, log, tok: CLIPTokenizer) -> CLIPTextModel:
     return text.eval().requires_grad_(False)
 
 
+def frame_loss(rng, unet, text, tok, pool, alphas: Tensor, batch: int, first_frame: float = 0.0) -> Tensor:
+    """The text-to-image loss of the ``unet`` and ``refine`` stages: :func:`high_noise_loss` on one frame of each of
+    ``batch`` clips drawn from the latent pool, that frame being frame 0 with probability ``first_frame`` and a
+    uniformly drawn frame otherwise (with ``first_frame`` 0 the draws are the ``unet`` stage's as they always were)."""
+    captions, latents = pool
+    idx = [rng.randrange(len(captions)) for _ in range(batch)]
+    first = [rng.random() < first_frame for _ in idx] if first_frame else [False] * batch
+    frames = torch.tensor([0 if f else rng.randrange(latents.shape[2]) for f in first])
+    z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one frame of each drawn clip
+    zt, t, eps = noisy(z0, alphas, high=True)
+    ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
+    return high_noise_loss(unet(zt, t, ctx), eps, t, alphas)
+
+
 def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextModel) -> UNetModel:
     """Stage ``unet``: a fresh UNet on single frames of the pool (text-to-image: one random frame of each drawn
     clip, 10 % empty captions, EMA weights), conditioned by the frozen text encoder, trained with
@@ -412,13 +426,7 @@ def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextMod
     alphas = DDIMSchedule().alphas_cumprod
 
     def loss_fn(rng):
-        captions, latents = pool
-        idx = [rng.randrange(len(captions)) for _ in range(args.batch_unet)]
-        frames = torch.tensor([rng.randrange(latents.shape[2]) for _ in idx])
-        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one frame of each drawn clip
-        zt, t, eps = noisy(z0, alphas, high=True)
-        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
-        return high_noise_loss(unet(zt, t, ctx), eps, t, alphas), {}
+        return frame_loss(rng, unet, text, tok, pool, alphas, args.batch_unet), {}
 
     if not stage.done_marker().exists():
         run_stage(stage, args.steps_unet, DEFAULT_LR["unet"], loss_fn, args.save_every, log, ema=ema)
@@ -438,14 +446,7 @@ def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextM
     alphas = DDIMSchedule().alphas_cumprod
 
     def loss_fn(rng):
-        captions, latents = pool
-        idx = [rng.randrange(len(captions)) for _ in range(args.batch_refine)]
-        first = [rng.random() < REFINE_FIRST_FRAME for _ in idx]
-        frames = torch.tensor([0 if f else rng.randrange(latents.shape[2]) for f in first])
-        z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]
-        zt, t, eps = noisy(z0, alphas, high=True)
-        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
-        return high_noise_loss(unet(zt, t, ctx), eps, t, alphas), {}
+        return frame_loss(rng, unet, text, tok, pool, alphas, args.batch_refine, REFINE_FIRST_FRAME), {}
 
     if not stage.done_marker().exists():
         run_stage(stage, args.steps_refine, DEFAULT_LR["refine"], loss_fn, args.save_every, log, ema=ema)
