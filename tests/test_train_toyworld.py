@@ -1,11 +1,13 @@
 """scripts/train_toyworld.py end to end at a few steps per stage: every stage runs, the exported files are ordinary
 SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, a rerun
-skips the finished stages and exports the same bytes, and a second run from nothing trains the same bytes."""
+skips the finished stages and exports the same bytes, a second run from nothing trains the same bytes, and
+``--from-checkpoint`` trains a motion module alone for an existing checkpoint."""
 
 import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,21 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         pretrained = torch.load(state / "text.pt", weights_only=False)["modules"]["text"]
         shipped = pipe.text_encoder.state_dict()
         assert all(torch.equal(shipped[k], v.half().float()) for k, v in pretrained.items())
+
+        # --from-checkpoint: a motion module alone, for an existing single file; the checkpoint goes out byte for byte
+        base = dest / train_toyworld.CHECKPOINT_NAME
+        other = tmp_path / "other"
+        args = [*TINY, "--out", str(other / "state"), "--dest", str(other / "dest"), "--from-checkpoint", str(base)]
+        assert train_toyworld.main(args) == 0
+        derived = json.loads((other / "dest" / "manifest.json").read_text())
+        assert set(derived["stages"]) == {"motion"} and not (other / "state" / "unet.pt").exists()
+        assert derived["files"][base.name] == manifest["files"][base.name]
+        assert derived["base_checkpoint"]["sha256"] == manifest["files"][base.name]["sha256"]
+        assert derived["base_checkpoint"]["stages"] == manifest["stages"]  # provenance read from the manifest beside it
+        mm = derived["files"][train_toyworld.MOTION_NAME]["sha256"]
+        assert mm != manifest["files"][train_toyworld.MOTION_NAME]["sha256"]  # a module of its own, not a copy
+        with pytest.raises(SystemExit):
+            train_toyworld.main([*args, "--stage", "unet"])
     finally:
         torch.set_num_threads(threads)
 
