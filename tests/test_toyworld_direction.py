@@ -1,5 +1,6 @@
 """scripts/toyworld_direction.py on the shipped toy-world model, at small sizes: the probe finds the motion word in the
-UNet's features, the x_0 shift and the two-caption experiment run and report finite tracks."""
+UNet's features, the motion modules' inputs know their pixel's column, the x_0 shift and the two-caption experiment
+run and report finite tracks."""
 
 import math
 import sys
@@ -23,6 +24,24 @@ def test_probe_reads_the_motion_word_from_the_unet_features():
     assert max(accs.values()) >= 0.8 and accs["middle_block"] >= 0.6
 
 
+def test_motion_module_inputs_know_their_pixel_column():
+    """The temporal attention sees one pixel at a time; the features it gets say where that pixel is (measured:
+    R^2 0.96-1.00 at 2x2, 0.85-0.96 at 4x4, 0.61-0.87 at 8x8; the 1x1 modules have no column)."""
+    r2 = direction.position(timesteps=(960,), batch=8)[960]
+    assert not any(name.startswith(("down_blocks.3", "mid_block", "up_blocks.0")) for name in r2)
+    at_2x2 = [v for k, v in r2.items() if k.startswith(("down_blocks.2", "up_blocks.1"))]
+    assert len(at_2x2) == 5 and min(at_2x2) > 0.85
+    assert all(v > 0.5 for v in r2.values())
+
+
+def test_evidence_reads_direction_from_a_lightly_noised_clip():
+    """At t = 100 a noisy clip shows its direction plainly (measured 1.00 at these sizes), and the per-frame mean of
+    right-moving clips predicts held-out ones better than their static mean (measured 0.26 against 0.30, 20 clips)."""
+    accs, (per_frame, static) = direction.evidence(timesteps=(100,), n_train=24, n_test=12, draws=1)
+    assert accs[100] >= 0.75
+    assert per_frame < static
+
+
 def test_the_shift_measure_sees_a_known_direction():
     """On the decoded mean latent of world clips (what a module that knew the direction would predict near t = T)
     the measure finds the 24 px travel: it can tell the directions apart (measured 23 px, 64 clips)."""
@@ -39,7 +58,11 @@ def test_shift_and_twoway_report_finite_tracks(tmp_path):
 
     saved = tmp_path / "mm.safetensors"
     pair = [("cyan", "moving left"), ("yellow", "moving right")]
-    out = direction.twoway(steps=2, pair=pair, clips=4, seeds=1, save=saved)
+    out, x0_shifts = direction.twoway(
+        steps=2, pair=pair, clips=4, seeds=1, save=saved, tmin=950, unet_lr=1e-5, shift_timesteps=(900,), shift_batch=2
+    )
+    assert set(x0_shifts) == {(900, cap) for cap in out}
+    assert all(math.isfinite(v) for xy in x0_shifts.values() for v in xy)
     assert list(out) == [
         "a cyan square moving left on a black background",
         "a yellow square moving right on a black background",
