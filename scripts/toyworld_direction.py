@@ -48,9 +48,9 @@ from evaluation import toyworld as tw  # noqa: E402
 from evaluation.toyworld_metrics import score_video  # noqa: E402
 from models.ddim import DDIMSchedule  # noqa: E402
 from models.loading import load_sd15  # noqa: E402
-from models.motion_module import MotionModules  # noqa: E402
 
 DIRECTIONS = ("moving right", "moving left", "moving up", "moving down")
+ALPHAS = DDIMSchedule().alphas_cumprod  # alpha_bar_t of the schedule every stage trains and samples on
 
 
 def _pipeline(motion_module: Path | None) -> AnimateZeroPipeline:
@@ -65,7 +65,7 @@ def _pipeline(motion_module: Path | None) -> AnimateZeroPipeline:
 def probe(n_train: int = 1200, n_test: int = 400, timesteps=(900, 500, 100), seed: int = 0) -> dict[int, dict]:
     """Held-out accuracy of a linear probe for the motion word, per UNet block and timestep (chance 1/6)."""
     pipe = _pipeline(None)
-    unet, alphas = pipe.unet, DDIMSchedule().alphas_cumprod
+    unet, alphas = pipe.unet, ALPHAS
     names = [f"input_blocks.{i}" for i in range(len(unet.input_blocks))] + ["middle_block"]
     feats: dict[str, Tensor] = {}
     hooks = [unet.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o)) for n in names]
@@ -114,6 +114,18 @@ def _fit_probe(
     return ((x_test @ w + b).argmax(1) == y_test).float().mean().item()
 
 
+def _square(color: str, motion: str, seed: int) -> tw.Scene:
+    """The world's scene of ``seed`` for a ``color`` square doing ``motion`` on black."""
+    return tw.scene_for({"color": color, "shape": "square", "motion": motion, "background": "black"}, seed)
+
+
+@torch.no_grad()
+def _clip_latents(vae, scenes: list) -> Tensor:
+    """The VAE latents ``[n, f, 4, 8, 8]`` of the rendered clips of ``scenes`` (encoded 400 frames at a time)."""
+    frames = tw.render_batch([s for s in scenes for _ in range(tw.FRAMES)], tw.clip_times() * len(scenes)) * 2 - 1
+    return torch.cat([vae.encode(x) for x in frames.split(400)]).unflatten(0, (len(scenes), tw.FRAMES))
+
+
 @torch.no_grad()
 def shift(
     motion_module: Path | None = None, timesteps=(900, 700, 500), batch: int = 16, color: str = "yellow"
@@ -133,7 +145,7 @@ def shift(
 def _x0_shift(unet, vae, motion, ctx: Tensor, t: int) -> tuple[float, float]:
     """:func:`_centroid_shift` of the batch's mean decoded x_0 prediction of the video UNet on pure noise (seed 1) at
     ``t``, one video per row of ``ctx [b, 77, d]``."""
-    alphas, b, f = DDIMSchedule().alphas_cumprod, ctx.shape[0], tw.FRAMES
+    alphas, b, f = ALPHAS, ctx.shape[0], tw.FRAMES
     z = torch.randn(b, 4, f, 8, 8, generator=torch.Generator().manual_seed(1))
     eps = unet(z, torch.full((b,), t), ctx, motion=motion)
     x0 = (z - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()  # [b, 4, f, 8, 8]
@@ -185,16 +197,11 @@ def evidence(
     x_t, fit on ``draws`` noise draws of ``n_train`` clips; (x_0 MSE of the per-frame mean of right-moving clips,
     x_0 MSE of their static mean) on held-out clips). Yellow squares on black; chance is 0.5."""
     _, vae, _ = load_sd15(toyworld.files()[0])
-    alphas = DDIMSchedule().alphas_cumprod
+    alphas = ALPHAS
     gen = torch.Generator().manual_seed(0)
 
-    @torch.no_grad()
     def latents(n: int, base: int, motions=("moving left", "moving right")) -> Tensor:
-        attrs = [{"color": "yellow", "shape": "square", "motion": motions[k % len(motions)], "background": "black"}
-                 for k in range(n)]  # fmt: skip
-        scenes = [tw.scene_for(a, base + k) for k, a in enumerate(attrs)]
-        frames = tw.render_batch([s for s in scenes for _ in range(tw.FRAMES)], tw.clip_times() * n) * 2 - 1
-        return torch.cat([vae.encode(x) for x in frames.split(400)]).unflatten(0, (n, tw.FRAMES))  # [n, f, 4, 8, 8]
+        return _clip_latents(vae, [_square("yellow", motions[k % len(motions)], base + k) for k in range(n)])
 
     z_train, z_test = latents(n_train, 0), latents(n_test, 100_000)
     y_train, y_test = torch.arange(n_train) % 2, torch.arange(n_test) % 2  # 1: moving right
@@ -220,10 +227,7 @@ def reference_shift(clips: int = 64, color: str = "yellow") -> dict[str, tuple[f
     _, vae, _ = load_sd15(checkpoint)
     out = {}
     for motion in DIRECTIONS:
-        attrs = {"color": color, "shape": "square", "motion": motion, "background": "black"}
-        scenes = [tw.scene_for(attrs, 5000 + k) for k in range(clips)]
-        frames = tw.render_batch([s for s in scenes for _ in range(tw.FRAMES)], tw.clip_times() * clips) * 2 - 1
-        mean = vae.encode(frames).unflatten(0, (clips, tw.FRAMES)).mean(0)  # [f, 4, 8, 8]
+        mean = _clip_latents(vae, [_square(color, motion, 5000 + k) for k in range(clips)]).mean(0)  # [f, 4, 8, 8]
         out[motion] = _centroid_shift((vae.decode(mean).clamp(-1, 1) + 1) / 2)
     return out
 
@@ -254,19 +258,10 @@ def twoway(
     torch.manual_seed(0)
     unet, vae, text = load_sd15(toyworld.files()[0])
     tok = trainer.CLIPTokenizer()
-    scenes = [
-        tw.scene_for({"color": c, "shape": "square", "motion": m, "background": "black"}, k)
-        for k, (c, m) in zip(range(clips), pair * clips)
-    ]
-    with torch.no_grad():
-        frames = tw.render_batch([s for s in scenes for _ in range(tw.FRAMES)], tw.clip_times() * clips) * 2 - 1
-        latents = torch.cat([vae.encode(x) for x in frames.split(400)])  # [clips * f, 4, 8, 8]
-        latents = latents.unflatten(0, (clips, tw.FRAMES)).transpose(1, 2)  # [clips, 4, f, 8, 8]
+    scenes = [_square(c, m, k) for k, (c, m) in zip(range(clips), pair * clips)]
+    latents = _clip_latents(vae, scenes).transpose(1, 2)  # [clips, 4, f, 8, 8]
     captions = [s.caption for s in scenes]
-    motion = MotionModules(trainer.MOTION)
-    for name, p in motion.named_parameters():
-        if "proj_out" in name:
-            torch.nn.init.zeros_(p)
+    motion = trainer.fresh_motion_module()
     groups = [{"params": list(motion.parameters()), "base_lr": lr}]
     if unet_lr > 0:
         groups.append({"params": list(unet.parameters()), "base_lr": unet_lr})
@@ -283,7 +278,7 @@ def twoway(
                 shifts[(t, cap)] = _x0_shift(unet, vae, motion, text(tok([cap] * shift_batch)), t)  # ctx [b, 77, d]
         return shifts
 
-    alphas, rng = DDIMSchedule().alphas_cumprod, random.Random(0)
+    alphas, rng = ALPHAS, random.Random(0)
     start = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
@@ -364,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evidence":
         accs, (per_frame, static) = evidence(n_train=args.n_train, n_test=args.n_test)
         for t, acc in accs.items():
-            print(f"t={t} (alpha_bar {DDIMSchedule().alphas_cumprod[t]:.4f}): left/right read from x_t: {acc:.3f}")
+            print(f"t={t} (alpha_bar {ALPHAS[t]:.4f}): left/right read from x_t: {acc:.3f}")
         print(f"x_0 MSE of right-moving clips: per-frame mean {per_frame:.4f}, static mean {static:.4f} "
               f"({1 - per_frame / static:.0%} lower knowing the direction)")  # fmt: skip
     elif args.command == "shift":

@@ -454,6 +454,16 @@ def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextM
     return ema.shadow.eval().requires_grad_(False)
 
 
+def fresh_motion_module() -> MotionModules:
+    """A new v2 motion module at the toy world's widths, ``proj_out`` zeroed as in AnimateDiff (so that training
+    starts at the identity)."""
+    motion = MotionModules(MOTION)
+    for name, p in motion.named_parameters():
+        if "proj_out" in name:
+            nn.init.zeros_(p)
+    return motion
+
+
 def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel) -> MotionModules:
     """Stage ``motion``: an AnimateDiff v2 motion module on 16-frame clips, the spatial UNet and the text encoder
     frozen, with :func:`high_noise_loss` capped at :data:`MOTION_NOISE_CAP`.
@@ -464,10 +474,7 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     equally from t = 500 to 800) did not change that by step 1,000 of 3,500: in both, the x_0 predictions at
     t = 500-900 put the object in the same place in frame 0 and frame 15 whatever the motion word
     (``scripts/toyworld_direction.py shift``; README "Toy world")."""
-    motion = MotionModules(MOTION)
-    for name, p in motion.named_parameters():  # AnimateDiff: proj_out starts at zero, so training starts at identity
-        if "proj_out" in name:
-            nn.init.zeros_(p)
+    motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
     stage = Stage("motion", out, modules, motion.parameters(), DEFAULT_LR["motion"], args.seed + 2)
