@@ -78,7 +78,7 @@ DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "refine": 32, "
 POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents
 DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "text": 1e-3, "unet": 5e-4, "refine": 1e-4, "motion": 5e-4}
 HIGH_NOISE_CAP = 10.0  # UNet loss weight: min(1 / alpha_bar_t, 10), see high_noise_loss
-MOTION_NOISE_CAP = 10.0  # the motion stage's cap (the shipped module's); 100 was tried, see train_motion
+MOTION_NOISE_CAP = 100.0  # the motion stage's cap; 10 (the first shipped module's) gave no direction, see train_motion
 CAPTION_DROPOUT = 0.1
 PROBE_TEMPERATURE = 0.1
 EMA_DECAY = 0.998
@@ -468,12 +468,12 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     """Stage ``motion``: an AnimateDiff v2 motion module on 16-frame clips, the spatial UNet and the text encoder
     frozen, with :func:`high_noise_loss` capped at :data:`MOTION_NOISE_CAP`.
 
-    Where a clip's object goes is decided early in sampling, above t = 700 (alpha_bar < 0.035), where a cap of 10
-    gives an x_0 error a weight of 0.37 or less (0.05 at t = 900, against 1.2 at t = 500). The module trained so
-    learned smooth tracks in directions unrelated to the caption. Raising the cap to 100 (x_0 errors weighted about
-    equally from t = 500 to 800) did not change that by step 1,000 of 3,500: in both, the x_0 predictions at
-    t = 500-900 put the object in the same place in frame 0 and frame 15 whatever the motion word
-    (``scripts/toyworld_direction.py shift``; README "Toy world")."""
+    Where a clip's object goes is decided early in sampling, above t = 700 (alpha_bar < 0.035). A cap of 10 gives an
+    x_0 error there a weight of 0.37 or less (0.05 at t = 900, against 1.2 at t = 500); the cap of 100 weighs x_0
+    errors about equally from t = 500 to 800. The direction in the caption is learned slowly: the module first
+    learns to smooth the track it sees, and a two-caption world needed 3,000-5,000 steps of 2 clips before its
+    clips followed the caption (``scripts/toyworld_direction.py twoway``; README "Toy world"), hence the stage's
+    length."""
     motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
