@@ -473,7 +473,7 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     errors about equally from t = 500 to 800. The direction in the caption is learned slowly: the module first
     learns to smooth the track it sees, and a two-caption world needed 3,000-5,000 steps of 2 clips before its
     clips followed the caption (``scripts/toyworld_direction.py twoway``; README "Toy world"). In the full world,
-    3,500 steps at a cap of 10 left motion at chance; 20,000 at a cap of 100 (103 min on 2 CPU cores) made 13 of 32
+    3,500 steps at a cap of 10 left motion at chance; 20,000 at a cap of 100 (104 min on 2 CPU cores) made 13 of 32
     held-out text-to-video clips move as captioned (chance 1/6), hence the stage's length."""
     motion = fresh_motion_module()
     ema = EMA(motion)
