@@ -77,7 +77,12 @@ TOYWORLD_COLUMNS = [
     ("toyworld_track_jerk", "Track jerk (px) ↓"),
     ("toyworld_frame0_psnr", "Frame-0 PSNR ↑"),
 ]
-TOYWORLD_CONTROL_COLUMNS = [*CONTROL_COLUMNS, ("insert_steps", "Insert steps")]
+TOYWORLD_CONTROL_COLUMNS = [
+    *CONTROL_COLUMNS,
+    ("insert_steps", "Insert steps"),
+    ("kv_mode", "K/V mode"),
+    ("kv_levels", "K/V levels"),
+]
 STRIP_FRAMES = (0, 5, 10, 15)  # frames 1, 6, 11, 16 (paper Fig. 6)
 
 
@@ -172,7 +177,9 @@ def _control(value) -> str:
         return "✓" if value else "–"
     if value is None:
         return "clip"
-    if isinstance(value, list):
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return ",".join(map(str, value))  # a set of levels
+    if isinstance(value, list):  # a step range [start, end]
         return "–".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
 

@@ -168,6 +168,8 @@ EXPERIMENTS = {
             **{f"window{w}": Controls(window_size=w) for w in (2, 4, 8)},
             **{f"kv_0-{p}": Controls(kv_steps=(0.0, p / 100)) for p in (25, 50, 75)},
             **{f"insert_0-{p}": Controls(insert_steps=(0.0, p / 100)) for p in (25, 50, 75)},
+            "kv_concat": Controls(kv_mode="concat"),
+            "kv_levels_1-3": Controls(kv_levels=(1, 2, 3)),
         },
         "toyworld_eval",
     ),
