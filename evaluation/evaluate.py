@@ -92,6 +92,9 @@ NETWORK_OF = {
     "first_frame": "lpips",
     "toyworld": None,  # analytic: no network
 }
+# Raised when a metric's definition or its set of keys changes: a metrics.json written by an older version is then
+# evaluated again instead of being kept (metrics absent from this table are at version 1).
+METRIC_VERSIONS = {"toyworld": 2}  # 2: toyworld_frame0_jerk
 STYLE_VARIANTS = {"gram_relu": ("relu", "gram"), "gram_conv": ("conv", "gram"), "meanstd": ("relu", "meanstd")}
 
 
@@ -307,6 +310,7 @@ def evaluate_run(
         "prompt": prompt,
         "reference_images": [os.path.relpath(p, run_dir) for p in ref_paths],
         "metrics_requested": list(selected),
+        "metric_versions": {m: METRIC_VERSIONS.get(m, 1) for m in selected},
         "skipped": skipped,
         "networks": {name: network_meta(getattr(nets, name)) for name in sorted(needed)},
         "networks_injected": injected,  # passed in by the caller: the config's network fields do not apply
@@ -377,15 +381,18 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]], metric_keys: Sequence[str]) -
 
 
 def _is_finished(metrics_path: Path, selected: Sequence[str]) -> dict[str, Any] | None:
-    """The existing ``metrics.json`` if it covers every selected metric, else None."""
+    """The existing ``metrics.json`` if it covers every selected metric at its current version, else None."""
     if not metrics_path.is_file():
         return None
     try:
         result = json.loads(metrics_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    done = set(result.get("meta", {}).get("metrics_requested", []))
-    return result if set(selected) <= done else None
+    meta = result.get("meta", {})
+    done = set(meta.get("metrics_requested", []))
+    versions = meta.get("metric_versions", {})
+    current = all(versions.get(m, 1) == METRIC_VERSIONS.get(m, 1) for m in selected)
+    return result if set(selected) <= done and current else None
 
 
 def evaluate_sweep(

@@ -299,17 +299,31 @@ def consistency_with_frame0(detections: list[Detection]) -> dict[str, float]:
     }
 
 
+def _second_difference(a: Detection, b: Detection, c: Detection) -> float:
+    """Norm (px) of the second difference of (x, y, equivalent radius) over three consecutive frames."""
+    second = [u - 2 * v + w for u, v, w in zip((a.x, a.y, a.radius), (b.x, b.y, b.radius), (c.x, c.y, c.radius))]
+    return math.sqrt(sum(s * s for s in second))
+
+
 def track_jerk(detections: list[Detection]) -> float:
     """Mean norm (px) of the second difference of (x, y, equivalent radius) over consecutive frame triples in which
     the object is found in all three; NaN if there is none. Constant-speed motion gives ~0."""
-    values = []
-    for a, b, c in zip(detections, detections[1:], detections[2:]):
-        if a.found and b.found and c.found:
-            second = [
-                u - 2 * v + w for u, v, w in zip((a.x, a.y, a.radius), (b.x, b.y, b.radius), (c.x, c.y, c.radius))
-            ]
-            values.append(math.sqrt(sum(s * s for s in second)))
+    values = [
+        _second_difference(a, b, c)
+        for a, b, c in zip(detections, detections[1:], detections[2:])
+        if a.found and b.found and c.found
+    ]
     return sum(values) / len(values) if values else math.nan
+
+
+def frame0_jerk(detections: list[Detection]) -> float:
+    """The second difference (px) at frame 1, over frames 0, 1, 2: how far the clip's track breaks where frame 0
+    joins the rest. AnimateZero's frame 0 is the step-1 image inserted from outside; a clip whose later frames start
+    elsewhere jumps there while moving smoothly after it, which :func:`track_jerk` dilutes over the whole clip.
+    Constant-speed motion gives ~0; NaN unless the object is found in all three frames."""
+    if len(detections) < 3 or not all(d.found for d in detections[:3]):
+        return math.nan
+    return _second_difference(*detections[:3])
 
 
 def pixel_jerk(video: Tensor) -> float:
@@ -342,7 +356,7 @@ def score_video(video: Tensor, caption: str | None, reference: Tensor | None = N
     (text-to-image, 0/1); ``video_color_acc video_shape_acc`` (fraction of frames whose object has the caption's
     color / shape); ``motion_acc`` (0/1), ``motion_dx motion_dy`` (px over the clip) and ``motion_size_ratio``
     (end/start equivalent radius) from the fitted track; ``consistency color_consistency shape_consistency
-    size_change``; ``track_jerk pixel_jerk``; ``frame0_psnr``.
+    size_change``; ``track_jerk frame0_jerk pixel_jerk``; ``frame0_psnr``.
     """
     video = _check_video(video)
     attrs = _parse(caption) if caption is not None else None
@@ -363,6 +377,7 @@ def score_video(video: Tensor, caption: str | None, reference: Tensor | None = N
     if attrs is not None and attrs["motion"] in ("growing", "shrinking"):
         out["size_change"] = math.nan  # the size is meant to change
     out["track_jerk"] = track_jerk(detections)
+    out["frame0_jerk"] = frame0_jerk(detections)
     out["pixel_jerk"] = pixel_jerk(video)
     if reference is not None:
         out["frame0_psnr"] = psnr(video[0], reference)

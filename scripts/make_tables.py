@@ -75,6 +75,7 @@ TOYWORLD_COLUMNS = [
     ("toyworld_consistency", "Consistent w/ frame 0 ↑"),
     ("toyworld_size_change", "Size change ↓"),
     ("toyworld_track_jerk", "Track jerk (px) ↓"),
+    ("toyworld_frame0_jerk", "Jerk at frame 0 (px) ↓"),
     ("toyworld_frame0_psnr", "Frame-0 PSNR ↑"),
 ]
 TOYWORLD_CONTROL_COLUMNS = [

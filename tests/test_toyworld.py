@@ -123,6 +123,7 @@ def test_ground_truth_clips_score_perfectly():
             assert scores[f"toyworld_{key}"] == 1.0, (scene.caption, key, scores)
         assert scores["toyworld_frame0_psnr"] == twm.PSNR_CAP_DB
         assert scores["toyworld_track_jerk"] < 0.35  # max 0.30 px measured over 424 rendered clips
+        assert scores["toyworld_frame0_jerk"] < 0.35
         if scene.motion in tw.DIRECTIONS:
             dx, dy = tw.DIRECTIONS[scene.motion]
             assert abs(scores["toyworld_motion_dx"] - dx * tw.TRAVEL) < 1.0
@@ -169,6 +170,11 @@ def test_wrong_caption_static_clip_and_noise_score_as_wrong():
     scores = twm.score_video(static, scene.caption)
     assert scores["toyworld_motion_acc"] == 0.0 and scores["toyworld_consistency"] == 1.0
     assert scores["toyworld_size_change"] == 0.0 and scores["toyworld_track_jerk"] == 0.0
+
+    # frame 0 from elsewhere (later frames start 8 px to the right): one break, at frame 0, diluted in the mean jerk
+    rolled = torch.cat([clip[:1], clip[1:].roll(8, dims=-1)])
+    scores = twm.score_video(rolled, scene.caption)
+    assert 7.0 < scores["toyworld_frame0_jerk"] < 9.0 and scores["toyworld_track_jerk"] < 1.0
 
     noise = torch.rand(tw.FRAMES, 3, tw.SIZE, tw.SIZE, generator=torch.Generator().manual_seed(0))
     assert not any(d.found for d in twm.detect_video(noise))
@@ -243,13 +249,26 @@ def test_evaluate_toyworld_metric_and_tables_with_confidence_intervals(tmp_path)
 
     rows = evaluate_sweep(sweep, "toyworld")
     assert len(rows) == 9
-    result = json.loads((sweep / "good" / "tw00_s0" / "metrics.json").read_text())
+    result_path = sweep / "good" / "tw00_s0" / "metrics.json"
+    result = json.loads(result_path.read_text())
     assert result["metrics"]["toyworld_motion_acc"] == 1.0 and result["meta"]["networks"] == {}
     assert result["metrics"]["toyworld_frame0_psnr"] == twm.PSNR_CAP_DB  # frames and image.png are the same PNG
     skipped = json.loads((other / "metrics.json").read_text())["meta"]["skipped"]
     assert skipped == {"toyworld": "prompt outside the toy-world grammar"}
     frozen = json.loads((sweep / "frozen" / "tw01_s1" / "metrics.json").read_text())["metrics"]
     assert frozen["toyworld_motion_acc"] == 0.0
+
+    # a second evaluation keeps current results; one written before a metric changed (older version, a key missing)
+    # is computed again instead of being kept
+    kept = sweep / "good" / "tw01_s1" / "metrics.json"
+    stale = json.loads(result_path.read_text())
+    stale["meta"]["metric_versions"] = {"toyworld": 1}
+    del stale["metrics"]["toyworld_frame0_jerk"]
+    result_path.write_text(json.dumps(stale))
+    before = kept.stat().st_mtime_ns
+    evaluate_sweep(sweep, "toyworld")
+    assert kept.stat().st_mtime_ns == before
+    assert json.loads(result_path.read_text())["metrics"]["toyworld_frame0_jerk"] < 0.35
 
     spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
     make_tables = importlib.util.module_from_spec(spec)
