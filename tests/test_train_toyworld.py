@@ -76,6 +76,19 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert mm != manifest["files"][train_toyworld.MOTION_NAME]["sha256"]  # a module of its own, not a copy
         with pytest.raises(SystemExit):
             train_toyworld.main([*args, "--stage", "unet"])
+
+        # a finished motion stage asked for more steps continues, and the manifest records each run
+        assert train_toyworld.main([*args, "--steps-motion", "3"]) == 0
+        extended = json.loads((other / "dest" / "manifest.json").read_text())["stages"]["motion"]
+        assert extended["steps"] == 3
+        assert [(r["start"], r["planned"]) for r in extended["runs"]] == [(0, 2), (2, 3)]
+
+        # a module for a checkpoint that an earlier --from-checkpoint run exported: the provenance is the original's
+        again_base = other / "dest" / train_toyworld.CHECKPOINT_NAME
+        args2 = [*TINY, "--out", str(tmp_path / "o2"), "--dest", str(tmp_path / "d2"), "--from-checkpoint"]
+        assert train_toyworld.main([*args2, str(again_base)]) == 0
+        second = json.loads((tmp_path / "d2" / "manifest.json").read_text())["base_checkpoint"]
+        assert second["stages"] == manifest["stages"] and second["trained_by"] == manifest["trained_by"]
     finally:
         torch.set_num_threads(threads)
 
