@@ -71,7 +71,8 @@ def measure(pipe: AnimateZeroPipeline, prompts: int = 8, steps: int = 10, guidan
     sums: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = defaultdict(int)
     procs = {
-        name: AttentionStats(info.level, sums, counts) for name, info in spatial_self_attention_layers(pipe.unet).items()
+        name: AttentionStats(info.level, sums, counts)
+        for name, info in spatial_self_attention_layers(pipe.unet).items()
     }
     with installed(pipe.unet, procs):
         for k, scene in enumerate(eval_scenes(prompts)):
