@@ -326,6 +326,16 @@ def frame0_jerk(detections: list[Detection]) -> float:
     return _second_difference(*detections[:3])
 
 
+def centroid_steps(detections: list[Detection]) -> list[float]:
+    """Distance (px) the object's centroid moves from each frame to the next (``f - 1`` values; NaN where either frame
+    lacks the object). The world's moving clips step 1.6 px a frame (24 px over 15 steps); a jump where frame 0 joins
+    the rest shows as a large first step."""
+    return [
+        math.dist((a.x, a.y), (b.x, b.y)) if a.found and b.found else math.nan
+        for a, b in zip(detections, detections[1:])
+    ]
+
+
 def pixel_jerk(video: Tensor) -> float:
     """Mean absolute second difference over time of the pixels, ``mean |x_{t+1} - 2 x_t + x_{t-1}|`` (NaN for
     fewer than three frames). Flicker raises it; smooth motion of a small object keeps it small."""

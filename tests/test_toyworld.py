@@ -175,6 +175,8 @@ def test_wrong_caption_static_clip_and_noise_score_as_wrong():
     rolled = torch.cat([clip[:1], clip[1:].roll(8, dims=-1)])
     scores = twm.score_video(rolled, scene.caption)
     assert 7.0 < scores["toyworld_frame0_jerk"] < 9.0 and scores["toyworld_track_jerk"] < 1.0
+    steps = twm.centroid_steps(twm.detect_video(rolled))  # the break is the first step: 8 px back, then 1.6 px ones
+    assert len(steps) == tw.FRAMES - 1 and 6.0 < steps[0] < 7.0 and all(1.2 < s < 2.0 for s in steps[1:])
 
     noise = torch.rand(tw.FRAMES, 3, tw.SIZE, tw.SIZE, generator=torch.Generator().manual_seed(0))
     assert not any(d.found for d in twm.detect_video(noise))
@@ -284,3 +286,24 @@ def test_evaluate_toyworld_metric_and_tables_with_confidence_intervals(tmp_path)
     assert "toyworld_motion_acc_ci_low" in csv_text
     s = make_tables._fmt_ci({"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 4})
     assert s == "0.5000 [0.2500, 0.7500]"
+
+
+def test_centroid_steps_script_reads_a_sweep_folder(tmp_path, capsys):
+    """scripts/toyworld_steps.py over a sweep-like folder of ground-truth clips: steps of 1.6 px (24 px over 15), and
+    a clip whose later frames start 8 px off shows the break in its first step."""
+    spec = importlib.util.spec_from_file_location("toyworld_steps", ROOT / "scripts" / "toyworld_steps.py")
+    steps_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps_script)
+    scenes = [s for s in tw.eval_scenes(12) if s.motion.startswith("moving")][:2]
+    for k, scene in enumerate(scenes):
+        clip = tw.render_clip(scene)
+        write_frames(clip, tmp_path / "smooth" / f"tw{k:02d}" / "frames")
+        write_frames(torch.cat([clip[:1], clip[1:].roll(8, dims=-1)]), tmp_path / "broken" / f"tw{k:02d}" / "frames")
+    smooth = steps_script.configuration_steps(tmp_path / "smooth")
+    assert all(1.2 < s < 2.0 for s in smooth)
+    broken = steps_script.configuration_steps(tmp_path / "broken")
+    assert broken[0] > 5.0 and all(1.2 < s < 2.0 for s in broken[1:])
+    assert steps_script.main([str(tmp_path), "smooth", "broken"]) == 0
+    assert "broken: 0->1" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no item frames"):
+        steps_script.configuration_steps(tmp_path / "missing")
