@@ -83,6 +83,7 @@ TOYWORLD_CONTROL_COLUMNS = [
     ("insert_steps", "Insert steps"),
     ("kv_mode", "K/V mode"),
     ("kv_levels", "K/V levels"),
+    ("kv_source", "K/V source"),
 ]
 STRIP_FRAMES = (0, 5, 10, 15)  # frames 1, 6, 11, 16 (paper Fig. 6)
 

@@ -173,6 +173,18 @@ EXPERIMENTS = {
         },
         "toyworld_eval",
     ),
+    "toyworld_kv": (
+        {
+            "kv_none": Controls(share_kv=False),
+            "kv_all": Controls(),
+            "kv_50-100": Controls(kv_steps=(0.5, 1.0)),
+            "kv_75-100": Controls(kv_steps=(0.75, 1.0)),
+            "kv_level_0": Controls(kv_levels=(0,)),
+            "kv_levels_1-2": Controls(kv_levels=(1, 2)),
+            "kv_current": Controls(kv_source="current"),
+        },
+        "toyworld_eval",
+    ),
     "ablation_position_correction": (
         {
             "no_window": Controls.ablation(3),
