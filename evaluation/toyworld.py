@@ -207,6 +207,7 @@ def sample_clip(seed: int, frames: int = FRAMES) -> tuple[str, Tensor]:
 
 # Held-out evaluation set: seeds at or above this never appear in training (training draws below it).
 EVAL_SEED_BASE = 1_000_000_000
+EVAL_SAMPLING_SEED = 2000  # the sampling seed of held-out pair k is 2000 + k (configs/prompts/toyworld_eval.yaml)
 
 
 def eval_scenes(n: int, offset: int = 0) -> list[Scene]:

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from animatezero.hooks import installed, spatial_self_attention_layers  # noqa: E402
 from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
+from evaluation.toyworld import EVAL_SAMPLING_SEED as EVAL_SEED  # noqa: E402
 from evaluation.toyworld import eval_scenes  # noqa: E402
 from models.attention import Attention, default_processor  # noqa: E402
 
-EVAL_SEED = 2000  # sampling seed of held-out pair k: 2000 + k, as in configs/prompts/toyworld_eval.yaml
 FIELDS = ("entropy", "max_weight", "own", "own_uniform", "near", "near_uniform")
 
 

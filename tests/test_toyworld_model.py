@@ -15,13 +15,13 @@ from animatezero import toyworld
 from animatezero.controls import Controls
 from animatezero.pipeline import AnimateZeroPipeline
 from evaluation import toyworld_metrics as metrics
+from evaluation.toyworld import EVAL_SAMPLING_SEED as EVAL_SEED
 from evaluation.toyworld import MOTIONS, eval_scenes
 from models.families import detect_family, detect_motion_version
 from models.readers import read_state_dict
 from tests import oracle
 
 STEPS = 10  # DDIM steps for the meaning checks (the toy world needs few)
-EVAL_SEED = 2000  # sampling seed of held-out pair k: 2000 + k, as in configs/prompts/toyworld_eval.yaml
 MAX_BYTES = 20 * 2**20
 
 
