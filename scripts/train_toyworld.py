@@ -15,7 +15,8 @@ AnimateDiff's recipe, on the procedural world of :mod:`evaluation.toyworld`:
    toward high noise, where the prompt decides the picture. Widths are at least 64 where it matters: SD's GroupNorms
    have 32 groups, and at one channel per group the UNet's output norm would erase every per-image constant.
    ``refine`` then continues the UNet's EMA weights for a short stage at a low learning rate, half of its frames
-   being their clip's frame 0 (the frame that AnimateZero's step 1 draws).
+   being their clip's frame 0 (the frame that AnimateZero's step 1 draws), and ``frame0`` for another on frame 0
+   only (so that the UNet keeps which way a caption's motion goes: :func:`train_frame0`).
 4. ``motion``: an AnimateDiff motion module in the v2 layout (with the mid-block module; ``proj_out``
    zero-initialised as in AnimateDiff) trained on 16-frame clips with the same loss, the spatial UNet and the text
    encoder frozen.
@@ -71,12 +72,20 @@ MOTION = dataclasses.replace(MotionConfig.for_version(2, UNET.block_channels), l
 ASSETS = ROOT / "animatezero" / "assets" / "toyworld"
 CHECKPOINT_NAME = "toyworld_sd15.safetensors"
 MOTION_NAME = "mm_toyworld_v2.safetensors"
-STAGES = ("vae", "decoder", "text", "unet", "refine", "motion")
-DEFAULT_STEPS = {"vae": 3000, "decoder": 2500, "text": 400, "unet": 5000, "refine": 800, "motion": 36000}
-# frames, frames, captions, frames, frames, clips
-DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "refine": 32, "motion": 2}
+STAGES = ("vae", "decoder", "text", "unet", "refine", "frame0", "motion")
+DEFAULT_STEPS = {
+    "vae": 3000,
+    "decoder": 2500,
+    "text": 400,
+    "unet": 5000,
+    "refine": 800,
+    "frame0": 1000,
+    "motion": 36000,
+}
+# frames, frames, captions, frames, frames, frames, clips
+DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "refine": 32, "frame0": 32, "motion": 2}
 POOL_CLIPS = 800  # clips encoded once; the UNet and motion stages draw from their latents
-DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "text": 1e-3, "unet": 5e-4, "refine": 1e-4, "motion": 5e-4}
+DEFAULT_LR = {"vae": 5e-4, "decoder": 2e-4, "text": 1e-3, "unet": 5e-4, "refine": 1e-4, "frame0": 1e-4, "motion": 5e-4}
 HIGH_NOISE_CAP = 10.0  # UNet loss weight: min(1 / alpha_bar_t, 10), see high_noise_loss
 MOTION_NOISE_CAP = 100.0  # the motion stage's cap; 10 (the first shipped module's) gave no direction, see train_motion
 CAPTION_DROPOUT = 0.1
@@ -111,7 +120,8 @@ class Stage:
         self.modules = modules
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.step, self.seconds = 0, 0.0
-        self.runs: list[dict] = []  # one entry per (re)start: {"start", "planned", "threads"}, for the manifest
+        self.runs: list[dict] = []  # one entry per (re)start: {"start", "planned", "threads", ...}, for the manifest
+        self.schedule_start = 0  # the step the learning-rate schedule counts from (see run_stage's ``restart``)
         self.rng = random.Random(seed)
         torch.manual_seed(seed)
         if self.path.exists():
@@ -121,6 +131,7 @@ class Stage:
             self.opt.load_state_dict(state["opt"])
             self.step, self.seconds = state["step"], state["seconds"]
             self.runs = state.get("runs", [])
+            self.schedule_start = state.get("schedule_start", 0)
             self.rng.setstate(state["rng"])
             torch.set_rng_state(state["torch_rng"])
             print(f"[{name}] resumed at step {self.step} ({self.seconds / 60:.1f} min so far)")
@@ -132,6 +143,7 @@ class Stage:
             "step": self.step,
             "seconds": self.seconds,
             "runs": self.runs,
+            "schedule_start": self.schedule_start,
             "rng": self.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -151,18 +163,30 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def run_stage(stage: Stage, total: int, base_lr: float, loss_fn, save_every: int, log, ema=None) -> None:
+def run_stage(
+    stage: Stage, total: int, base_lr: float, loss_fn, save_every: int, log, ema=None, restart: bool = False, note=None
+) -> None:
+    """Train ``stage`` up to ``total`` steps with :func:`lr_at`'s schedule. The schedule spans the stage from step 0,
+    so a finished stage continued to a larger ``total`` picks it up part-way; with ``restart`` such a continuation
+    (and only a continuation: the stage's done marker says it finished at the current step) starts a schedule of its
+    own instead, warm-up and cosine over the new steps. ``note``: extra fields for this run's manifest entry."""
     from tqdm import tqdm
 
     for m in stage.modules.values():
         m.train()
+    marker = stage.done_marker()
+    if restart and marker.exists() and json.loads(marker.read_text())["steps"] == stage.step < total:
+        stage.schedule_start = stage.step
     if stage.step < total:  # a resumed stage's earlier runs stop where this one starts
-        stage.runs.append({"start": stage.step, "planned": total, "threads": torch.get_num_threads()})
+        run = {"start": stage.step, "planned": total, "threads": torch.get_num_threads()}
+        if stage.schedule_start or base_lr != DEFAULT_LR.get(stage.name, base_lr):
+            run |= {"lr": base_lr, "schedule_start": stage.schedule_start}
+        stage.runs.append(run | (note or {}))
     bar = tqdm(total=total, initial=stage.step, desc=stage.name, dynamic_ncols=True)
     while stage.step < total:
         t0 = time.perf_counter()
         for group in stage.opt.param_groups:
-            group["lr"] = lr_at(stage.step, total, base_lr)
+            group["lr"] = lr_at(stage.step - stage.schedule_start, total - stage.schedule_start, base_lr)
         loss, extra = loss_fn(stage.rng)
         stage.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -442,24 +466,50 @@ def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextMod
     return ema.shadow.eval().requires_grad_(False)
 
 
+def _continue_unet(name: str, out: Path, args, log, pool, tok, text, unet: UNetModel, first_frame: float, seed: int):
+    """Continue ``unet`` (an earlier stage's EMA weights) as stage ``name`` with the text-to-image loss, a share
+    ``first_frame`` of the frames being their clip's frame 0; returns the EMA weights (decay
+    :data:`REFINE_EMA_DECAY`)."""
+    unet = copy.deepcopy(unet).requires_grad_(True)
+    ema = EMA(unet, REFINE_EMA_DECAY)
+    stage = Stage(name, out, {"unet": unet, "ema_unet": ema}, unet.parameters(), DEFAULT_LR[name], seed)
+    alphas = DDIMSchedule().alphas_cumprod
+    batch, steps = getattr(args, f"batch_{name}"), getattr(args, f"steps_{name}")
+
+    def loss_fn(rng):
+        return frame_loss(rng, unet, text, tok, pool, alphas, batch, first_frame), {}
+
+    if not stage.done_marker().exists():
+        run_stage(stage, steps, DEFAULT_LR[name], loss_fn, args.save_every, log, ema=ema)
+    return ema.shadow.eval().requires_grad_(False)
+
+
 def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextModel, unet: UNetModel) -> UNetModel:
     """Stage ``refine``: continue the ``unet`` stage's EMA weights at a low learning rate with the same loss, half of
     the frames being their clip's frame 0 (the frame AnimateZero's step 1 draws: a generated image becomes frame 0 of
     the clip, and frame 0 is where a clip's motion starts). On 32 held-out prompts at guidance 5 (README "Toy
     world"), text-to-image color accuracy went from 0.88 after ``unet`` to 0.94 after this stage, shape from 0.75 to
     0.78. Returns the EMA weights (decay :data:`REFINE_EMA_DECAY`)."""
-    unet = copy.deepcopy(unet).requires_grad_(True)
-    ema = EMA(unet, REFINE_EMA_DECAY)
-    modules = {"unet": unet, "ema_unet": ema}
-    stage = Stage("refine", out, modules, unet.parameters(), DEFAULT_LR["refine"], args.seed + 6)
-    alphas = DDIMSchedule().alphas_cumprod
+    return _continue_unet("refine", out, args, log, pool, tok, text, unet, REFINE_FIRST_FRAME, args.seed + 6)
 
-    def loss_fn(rng):
-        return frame_loss(rng, unet, text, tok, pool, alphas, args.batch_refine, REFINE_FIRST_FRAME), {}
 
-    if not stage.done_marker().exists():
-        run_stage(stage, args.steps_refine, DEFAULT_LR["refine"], loss_fn, args.save_every, log, ema=ema)
-    return ema.shadow.eval().requires_grad_(False)
+def train_frame0(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextModel, unet: UNetModel) -> UNetModel:
+    """Stage ``frame0``: continue the ``refine`` stage's UNet on its clips' frame 0 only, so that the spatial UNet
+    keeps the way a caption's motion goes, which the motion module can learn from nowhere else.
+
+    Every motion of the world is its opposite played backwards (moving right is moving left reversed, growing is
+    shrinking reversed), and a frame drawn from any time of a clip shows the motion's axis (a horizontal mover's
+    positions spread less across than down) but not its sign. A UNet trained on such frames has no use for the sign:
+    in the model before this stage, changing ``moving right`` to ``moving left`` changed the motion modules' inputs by
+    0.24 of their norm, ``moving up`` by 0.49, and its step-1 images put right- and left-moving objects at about the
+    same mean x (29 and 33 px). Its motion module, through 36,000 steps, learned the axis and not the sign: of 32
+    held-out left/right text-to-video clips 15 went the captioned way and 16 the opposite one
+    (``scripts/toyworld_direction.py sign``). Frame 0 does show the sign: a right-moving object starts left of centre.
+    After 1,000 steps of this stage the same word change moves the inputs by 0.53 (``moving up``: 0.82), step-1
+    images put the two objects at 19 and 45 px, where the world's frame 0 has them (20 and 44), and that motion
+    module continued for 8,000 steps on the new UNet sends 27 of those 32 clips the captioned way (README "Toy
+    world"). Frame 0 is also what AnimateZero's step 1 draws."""
+    return _continue_unet("frame0", out, args, log, pool, tok, text, unet, 1.0, args.seed + 7)
 
 
 def fresh_motion_module() -> MotionModules:
@@ -472,7 +522,9 @@ def fresh_motion_module() -> MotionModules:
     return motion
 
 
-def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel) -> MotionModules:
+def train_motion(
+    out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel, note: dict | None = None
+) -> MotionModules:
     """Stage ``motion``: an AnimateDiff v2 motion module on 16-frame clips, the spatial UNet and the text encoder
     frozen, with :func:`high_noise_loss` capped at :data:`MOTION_NOISE_CAP`.
 
@@ -483,11 +535,13 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     clips followed the caption (``scripts/toyworld_direction.py twoway``; README "Toy world"). In the full world,
     3,500 steps at a cap of 10 left motion at chance; 20,000 at a cap of 100 (104 min on 2 CPU cores) made 13 of 32
     held-out text-to-video clips move as captioned (chance 1/6), and continued to 36,000 (212 min in all) 15 of 32
-    and 29 of 64 further pairs (20,000: 21), hence the stage's length."""
+    and 29 of 64 further pairs (20,000: 21), hence the stage's length. That module had learned each motion's axis but
+    not its sign, which the UNet before :func:`train_frame0` barely carried; continued on the frame0 UNet for 8,000
+    steps (the shipped module) it moved 69 of 96 held-out pairs as captioned."""
     motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
-    stage = Stage("motion", out, modules, motion.parameters(), DEFAULT_LR["motion"], args.seed + 2)
+    stage = Stage("motion", out, modules, motion.parameters(), args.lr_motion or DEFAULT_LR["motion"], args.seed + 2)
     alphas = DDIMSchedule().alphas_cumprod
     unet.requires_grad_(False)
 
@@ -502,7 +556,8 @@ def train_motion(out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel
     # a finished stage asked for more steps continues (the shipped module was extended this way; the cosine schedule
     # then spans the new length, so the learning rate rises again: each run is recorded in the manifest)
     if not stage.done_marker().exists() or stage.step < args.steps_motion:
-        run_stage(stage, args.steps_motion, DEFAULT_LR["motion"], loss_fn, args.save_every, log, ema=ema)
+        lr = args.lr_motion or DEFAULT_LR["motion"]
+        run_stage(stage, args.steps_motion, lr, loss_fn, args.save_every, log, ema, args.restart_schedule, note)
     return ema.shadow.eval().requires_grad_(False)
 
 
@@ -542,7 +597,11 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
     single file (AnimateDiff's own workflow: a motion module for a given SD1.5 checkpoint, read by the ordinary
     loader), then export that checkpoint's weights with the new module. For retraining the motion module when the
     earlier stages' training states are gone (they live in ``--out``, which is not shipped). fp16 -> fp32 -> fp16
-    is exact, so the exported checkpoint has the bytes of the one read; the latent pool is encoded with its VAE."""
+    is exact, so the exported checkpoint has the bytes of the one read; the latent pool is encoded with its VAE.
+    With ``--frame0`` the checkpoint's UNet first goes through the ``frame0`` stage (:func:`train_frame0`), and the
+    exported checkpoint carries the continued UNet. A motion state already in ``--out`` (trained on another UNet)
+    is continued, not restarted; each run's manifest entry names the UNet it trained on (``unet``: the first 12
+    hex digits of the base checkpoint's SHA-256, ``+ frame0`` when continued)."""
     from models.loading import load_sd15
 
     unet, vae, text = load_sd15(args.from_checkpoint)
@@ -556,11 +615,16 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
             known = origin if origin.get("sha256") == base["sha256"] else known
             base |= {k: known[k] for k in ("trained_by", "stages") if k in known}
     pool = latent_pool(args.out, vae, args.pool_clips, args.seed)
-    motion = train_motion(args.out, args, log, pool, tok, unet, text)
+    stages, note = {}, {"unet": base["sha256"][:12]}
+    if args.frame0:  # a new UNet: the exported checkpoint then differs from the one read in its UNet weights
+        unet = train_frame0(args.out, args, log, pool, tok, text, unet)
+        stages["frame0"] = json.loads((args.out / "frame0.done").read_text())
+        note["unet"] += " + frame0"
+    motion = train_motion(args.out, args, log, pool, tok, unet, text, note)
     meta = {
         "trained_by": command,
         "base_checkpoint": base,
-        "stages": {"motion": json.loads((args.out / "motion.done").read_text())},
+        "stages": stages | {"motion": json.loads((args.out / "motion.done").read_text())},
         "device": "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -584,6 +648,17 @@ def main(argv: list[str] | None = None) -> int:
         "--from-checkpoint",
         type=Path,
         help="train only the motion stage, on this LDM single file's VAE, text encoder and UNet (see motion_for_checkpoint)",
+    )
+    ap.add_argument(
+        "--frame0",
+        action="store_true",
+        help="with --from-checkpoint: first continue the checkpoint's UNet with the frame0 stage (a new checkpoint)",
+    )
+    ap.add_argument("--lr-motion", type=float, default=0.0, help="the motion stage's peak learning rate (0: default)")
+    ap.add_argument(
+        "--restart-schedule",
+        action="store_true",
+        help="a finished motion stage continued to more steps gets a learning-rate schedule of its own",
     )
     ap.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless WANDB_MODE is set)")
     for s in STAGES:
@@ -614,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_checkpoint is not None:
         if args.stage not in ("all", "motion"):
-            ap.error("--from-checkpoint trains the motion stage only; drop --stage or say --stage motion")
+            ap.error("--from-checkpoint trains the motion stage only (and frame0 with --frame0); drop --stage")
         return motion_for_checkpoint(args, log, tok, command)
     wanted = STAGES if args.stage == "all" else STAGES[: STAGES.index(args.stage) + 1]
     vae = train_vae(args.out, args, log)
@@ -637,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unet = train_refine(args.out, args, log, pool, tok, text, unet)
     if args.stage == "refine":
+        return 0
+    unet = train_frame0(args.out, args, log, pool, tok, text, unet)
+    if args.stage == "frame0":
         return 0
     motion = train_motion(args.out, args, log, pool, tok, unet, text)
     vae = train_decoder(args.out, args, log, vae)

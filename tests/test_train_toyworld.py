@@ -1,7 +1,8 @@
 """scripts/train_toyworld.py end to end at a few steps per stage: every stage runs, the exported files are ordinary
 SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, a rerun
 skips the finished stages and exports the same bytes, a second run from nothing trains the same bytes, and
-``--from-checkpoint`` trains a motion module alone for an existing checkpoint."""
+``--from-checkpoint`` trains a motion module alone for an existing checkpoint (with ``--frame0``, after continuing its
+UNet on frame 0)."""
 
 import json
 import sys
@@ -19,7 +20,8 @@ from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
 TINY = [
     *("--threads 1 --save-every 1 --pool-clips 2".split()),
     *("--steps-vae 2 --batch-vae 2 --steps-decoder 2 --batch-decoder 1 --steps-text 2 --batch-text 2".split()),
-    *("--steps-unet 2 --batch-unet 2 --steps-refine 2 --batch-refine 2 --steps-motion 2 --batch-motion 1".split()),
+    *("--steps-unet 2 --batch-unet 2 --steps-refine 2 --batch-refine 2 --steps-frame0 2 --batch-frame0 2".split()),
+    *("--steps-motion 2 --batch-motion 1".split()),
 ]
 
 
@@ -29,7 +31,7 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
     try:
         assert train_toyworld.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0
         manifest = json.loads((dest / "manifest.json").read_text())
-        assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "motion"}
+        assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "frame0", "motion"}
         for name, entry in manifest["files"].items():
             assert train_toyworld.sha256(dest / name) == entry["sha256"]
         pipe = AnimateZeroPipeline.from_single_files(
@@ -50,12 +52,13 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert train_toyworld.main([*TINY, "--out", str(fresh / "state"), "--dest", str(fresh / "dest")]) == 0
         assert json.loads((fresh / "dest" / "manifest.json").read_text())["files"] == manifest["files"]
 
-        # the exported UNet is the `refine` stage's EMA, which started from the `unet` stage's
-        refined = torch.load(state / "refine.pt", weights_only=False)["modules"]["ema_unet"]
+        # the exported UNet is the `frame0` stage's EMA, which started from the `refine` stage's, from the `unet`'s
+        ema = {s: torch.load(state / f"{s}.pt", weights_only=False)["modules"]["ema_unet"] for s in ("unet", "refine")}
+        ema["frame0"] = torch.load(state / "frame0.pt", weights_only=False)["modules"]["ema_unet"]
         exported = pipe.unet.state_dict()
-        assert all(torch.equal(exported[k], v.half().float()) for k, v in refined.items())
-        unet_stage = torch.load(state / "unet.pt", weights_only=False)["modules"]["ema_unet"]
-        assert any(not torch.equal(refined[k], v) for k, v in unet_stage.items())
+        assert all(torch.equal(exported[k], v.half().float()) for k, v in ema["frame0"].items())
+        for later, earlier in (("frame0", "refine"), ("refine", "unet")):
+            assert any(not torch.equal(ema[later][k], v) for k, v in ema[earlier].items())
 
         # the text encoder is the `text` stage's, frozen through the UNet and motion stages (as SD freezes CLIP)
         pretrained = torch.load(state / "text.pt", weights_only=False)["modules"]["text"]
@@ -68,6 +71,7 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         args = [*TINY, "--out", str(other / "state"), "--dest", str(other / "dest"), "--from-checkpoint", str(base)]
         assert train_toyworld.main(args) == 0
         derived = json.loads((other / "dest" / "manifest.json").read_text())
+        base_sha = manifest["files"][base.name]["sha256"]
         assert set(derived["stages"]) == {"motion"} and not (other / "state" / "unet.pt").exists()
         assert derived["files"][base.name] == manifest["files"][base.name]
         assert derived["base_checkpoint"]["sha256"] == manifest["files"][base.name]["sha256"]
@@ -82,6 +86,20 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         extended = json.loads((other / "dest" / "manifest.json").read_text())["stages"]["motion"]
         assert extended["steps"] == 3
         assert [(r["start"], r["planned"]) for r in extended["runs"]] == [(0, 2), (2, 3)]
+        assert all(r["unet"] == base_sha[:12] and "schedule_start" not in r for r in extended["runs"])
+
+        # --restart-schedule: a continuation gets a learning-rate schedule of its own, recorded with its rate
+        assert train_toyworld.main([*args, "--steps-motion", "5", "--restart-schedule", "--lr-motion", "1e-4"]) == 0
+        runs = json.loads((other / "dest" / "manifest.json").read_text())["stages"]["motion"]["runs"]
+        assert runs[-1] == {
+            "start": 3,
+            "planned": 5,
+            "threads": 1,
+            "lr": 1e-4,
+            "schedule_start": 3,
+            "unet": base_sha[:12],
+        }
+        assert train_toyworld.lr_at(3 - 3, 5 - 3, 1e-4) == pytest.approx(1e-4 / 50)  # warm-up from the restart
 
         # a module for a checkpoint that an earlier --from-checkpoint run exported: the provenance is the original's
         again_base = other / "dest" / train_toyworld.CHECKPOINT_NAME
@@ -89,6 +107,14 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert train_toyworld.main([*args2, str(again_base)]) == 0
         second = json.loads((tmp_path / "d2" / "manifest.json").read_text())["base_checkpoint"]
         assert second["stages"] == manifest["stages"] and second["trained_by"] == manifest["trained_by"]
+
+        # --frame0: the checkpoint's UNet continued on frame 0 first; a new checkpoint, the motion state continued
+        args0 = [*TINY, "--out", str(other / "state"), "--dest", str(tmp_path / "d0"), "--from-checkpoint", str(base)]
+        assert train_toyworld.main([*args0, "--steps-motion", "6", "--frame0"]) == 0
+        cont = json.loads((tmp_path / "d0" / "manifest.json").read_text())
+        assert set(cont["stages"]) == {"frame0", "motion"} and cont["stages"]["frame0"]["steps"] == 2
+        assert cont["files"][base.name]["sha256"] != base_sha and cont["base_checkpoint"]["sha256"] == base_sha
+        assert cont["stages"]["motion"]["runs"][-1]["unet"] == base_sha[:12] + " + frame0"
     finally:
         torch.set_num_threads(threads)
 
