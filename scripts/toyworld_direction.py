@@ -8,6 +8,7 @@ features. These commands measure each link of that path on the shipped toy-world
     python scripts/toyworld_direction.py position  # does each motion module's input know where its pixel is?
     python scripts/toyworld_direction.py evidence  # how much does a noisy clip show its own direction, per t?
     python scripts/toyworld_direction.py twoway    # can a fresh motion module learn direction from a 2-caption world?
+    python scripts/toyworld_direction.py sign      # does it know the axis but not the way along it? and why?
 
 ``probe`` fits a logistic regression from the spatial mean of each UNet block's output (one frame, noised to t) to
 the caption's motion (6 classes) and reports held-out accuracy per block. ``shift`` runs the video UNet once on pure
@@ -22,6 +23,12 @@ the per-frame mean clip is than that of the static mean (what knowing the direct
 ``twoway`` trains a fresh v2 motion module (the trainer's
 loss and schedule) on clips of two captions only, e.g. a cyan square always moving left and a yellow one always
 moving right, then samples each caption with the same seeds and reports the fitted tracks.
+``sign`` separates the two halves of a direction. Every motion of the world is its opposite played backwards, so a
+module can learn the axis a caption names (horizontal, vertical, size) without the way along it; ``sign`` counts
+held-out text-to-video clips that move as captioned, backwards, not at all, or otherwise. It then measures what the
+frozen spatial UNet gives the motion modules to tell the way from: how much their inputs change when ``moving
+right`` becomes ``moving left`` against ``moving up``, and whether step-1 images put the object where the world's
+frame 0 has it (a right-moving object starts left of centre, so a model of frame 0 must know the sign).
 """
 
 from __future__ import annotations
@@ -53,10 +60,12 @@ DIRECTIONS = ("moving right", "moving left", "moving up", "moving down")
 ALPHAS = DDIMSchedule().alphas_cumprod  # alpha_bar_t of the schedule every stage trains and samples on
 
 
-def _pipeline(motion_module: Path | None) -> AnimateZeroPipeline:
-    checkpoint, shipped = toyworld.files()
+def _pipeline(motion_module: Path | None, checkpoint: Path | None = None) -> AnimateZeroPipeline:
+    shipped_checkpoint, shipped = toyworld.files()
     size = (toyworld.HEIGHT, toyworld.WIDTH)
-    pipe = AnimateZeroPipeline.from_single_files(checkpoint, motion_module or shipped, default_size=size)
+    pipe = AnimateZeroPipeline.from_single_files(
+        checkpoint or shipped_checkpoint, motion_module or shipped, default_size=size
+    )
     pipe.progress = False
     return pipe
 
@@ -321,6 +330,116 @@ def twoway(
     return out, return_shifts
 
 
+# ------------------------------------------------------------------------------------------- axis against sign
+#: the opposite of each motion: the same clip played backwards (the world's motions are linear in time)
+OPPOSITE = {
+    "moving left": "moving right", "moving right": "moving left", "moving up": "moving down",
+    "moving down": "moving up", "growing": "shrinking", "shrinking": "growing",
+}  # fmt: skip
+
+
+def outcome(wanted: str, got: str) -> str:
+    """How a clip's classified motion relates to its caption's: ``right``, ``reversed`` (the opposite motion: same
+    axis, wrong sign), ``static``, or ``other`` (another axis, or size instead of position or back)."""
+    if got == wanted:
+        return "right"
+    if got == OPPOSITE[wanted]:
+        return "reversed"
+    return "static" if got == "static" else "other"
+
+
+@torch.no_grad()
+def axis_sign(
+    n: int = 48, motion_module: Path | None = None, checkpoint: Path | None = None, steps: int = 10
+) -> dict[str, dict[str, int]]:
+    """Text-to-video clips of the first ``n`` held-out pairs (the ablation's seeds), counted per motion by
+    :func:`outcome`. A module that learned which axis a caption names but not which way along it shows as many
+    ``reversed`` clips as ``right`` ones: every one of the world's motions is its opposite played backwards."""
+    from evaluation.toyworld_metrics import classify_motion, detect_video
+
+    pipe = _pipeline(motion_module, checkpoint)
+    out: dict[str, dict[str, int]] = {m: {"right": 0, "reversed": 0, "static": 0, "other": 0} for m in tw.MOTIONS}
+    for k, scene in enumerate(tw.eval_scenes(n)):
+        video = pipe.text_to_video(scene.caption, steps=steps, guidance_scale=5.0, seed=tw.EVAL_SAMPLING_SEED + k)
+        out[scene.motion][outcome(scene.motion, classify_motion(detect_video(video.frames)))] += 1
+    return out
+
+
+@torch.no_grad()
+def word_change(checkpoint: Path | None = None, t: int = 950, n: int = 8, seed: int = 0) -> dict[str, float]:
+    """How much the motion modules' inputs change when one word of a ``moving right`` caption changes: the relative
+    norm of the change, averaged over the motion slots, for the spatial UNet alone (motion modules at identity) on
+    pure noise at ``t``, ``n`` held-out appearances. ``moving left`` changes only the sign, ``moving up`` the axis;
+    another color for scale."""
+    from models.motion_module import VanillaTemporalModule
+
+    pipe = _pipeline(None, checkpoint)
+    identity = trainer.fresh_motion_module()  # proj_out zero: each module passes its input through
+    feats: list[Tensor] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: feats.append(args[0]))
+        for m in identity.modules()
+        if isinstance(m, VanillaTemporalModule)
+    ]
+    scenes = tw.eval_scenes(n)
+    z = torch.randn(n, 4, tw.FRAMES, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+    def other_color(s: tw.Scene) -> str:
+        return next(c for c in tw.COLORS if c not in (s.color, s.background))
+
+    def run(motion: str, recolor: bool = False) -> list[Tensor]:
+        caps = [tw.caption(other_color(s) if recolor else s.color, s.shape, motion, s.background) for s in scenes]
+        feats.clear()
+        pipe.unet(z, torch.full((n,), t), pipe.encode_prompt(caps), motion=identity)
+        return list(feats)
+
+    try:
+        base = run("moving right")
+        out = {}
+        for label, args in {
+            "moving left (sign)": ("moving left",),
+            "moving up (axis)": ("moving up",),
+            "growing": ("growing",),
+            "another color": ("moving right", True),
+        }.items():
+            changed = run(*args)
+            out[label] = sum(float((a - b).norm() / b.norm()) for a, b in zip(changed, base)) / len(base)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+@torch.no_grad()
+def start_positions(checkpoint: Path | None = None, n: int = 16, steps: int = 10) -> dict[str, tuple[float, ...]]:
+    """Mean object centre (x, y) in pixels of step-1 images per direction word (the same ``n`` held-out appearances
+    and seeds for each word), beside the world's: the mean frame-0 centre of 2,000 clips of that direction. A
+    text-to-image model that learned frame 0 puts a right-moving object left of centre; one that learned frames of
+    any time in the clip has no reason to."""
+    from evaluation.toyworld_metrics import detect
+
+    pipe = _pipeline(None, checkpoint)
+    scenes = tw.eval_scenes(n)
+    out = {}
+    for motion in DIRECTIONS:
+        found = []
+        for k, s in enumerate(scenes):
+            caption = tw.caption(s.color, s.shape, motion, s.background)
+            image = pipe.text_to_image(caption, steps=steps, guidance_scale=5.0, seed=3000 + k).image
+            d = detect(image[0] if image.ndim == 4 else image)
+            if d.found:
+                found.append((d.x, d.y))
+        attrs = {"color": "red", "shape": "circle", "motion": motion, "background": "black"}
+        world = [tw.scene_for(attrs, i) for i in range(2000)]
+        out[motion] = (
+            sum(x for x, _ in found) / max(len(found), 1),
+            sum(y for _, y in found) / max(len(found), 1),
+            sum(w.x0 for w in world) / len(world),
+            sum(w.y0 for w in world) / len(world),
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -346,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--tmin", type=int, default=0, help="train on t >= tmin only (0: the trainer's high-noise draw)")
     w.add_argument("--unet-lr", type=float, default=0.0, help="train the spatial UNet too at this rate (0: frozen)")
     w.add_argument("--report-every", type=int, default=0, help="print the x_0 shifts every N steps (0: at the end)")
+    a = sub.add_parser("sign", help="axis against sign: clip outcomes, feature change per word, step-1 positions")
+    a.add_argument("--motion-module", type=Path, help="a motion module file (default: the shipped one)")
+    a.add_argument("--checkpoint", type=Path, help="an LDM single file (default: the shipped one)")
+    a.add_argument("--n", type=int, default=48, help="held-out pairs to sample")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -362,6 +485,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"t={t} (alpha_bar {ALPHAS[t]:.4f}): left/right read from x_t: {acc:.3f}")
         print(f"x_0 MSE of right-moving clips: per-frame mean {per_frame:.4f}, static mean {static:.4f} "
               f"({1 - per_frame / static:.0%} lower knowing the direction)")  # fmt: skip
+    elif args.command == "sign":
+        for label, rel in word_change(args.checkpoint).items():
+            print(f"motion-module inputs, 'moving right' -> {label}: {rel:.2f} relative change")
+        for motion, (x, y, wx, wy) in start_positions(args.checkpoint).items():
+            print(f"step-1 object centre, {motion:12s} ({x:4.1f}, {y:4.1f}) px; world frame 0 ({wx:4.1f}, {wy:4.1f})")
+        for motion, counts in axis_sign(args.n, args.motion_module, args.checkpoint).items():
+            print(f"text-to-video {motion:12s} " + " ".join(f"{k} {v}" for k, v in counts.items()))
     elif args.command == "shift":
         for (t, motion), (dx, dy) in shift(args.motion_module, batch=args.batch).items():
             print(f"t={t} {motion:12s} dx {dx:+5.1f} dy {dy:+5.1f}")
