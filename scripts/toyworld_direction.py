@@ -70,6 +70,18 @@ def _pipeline(motion_module: Path | None, checkpoint: Path | None = None) -> Ani
     return pipe
 
 
+def _record_inputs(motion_module, feats: dict[str, Tensor]) -> list:
+    """Hooks that store each motion module's input ``[(b f), c, h, w]`` in ``feats`` under its name (remove them
+    when done)."""
+    from models.motion_module import VanillaTemporalModule
+
+    return [
+        m.register_forward_pre_hook(lambda mod, args, n=n: feats.__setitem__(n, args[0]))
+        for n, m in motion_module.named_modules()
+        if isinstance(m, VanillaTemporalModule)
+    ]
+
+
 @torch.no_grad()
 def probe(n_train: int = 1200, n_test: int = 400, timesteps=(900, 500, 100), seed: int = 0) -> dict[int, dict]:
     """Held-out accuracy of a linear probe for the motion word, per UNet block and timestep (chance 1/6)."""
@@ -167,15 +179,9 @@ def position(timesteps=(960, 500), batch: int = 8) -> dict[int, dict[str, float]
     """Held-out R^2 of a least-squares map from each motion module's per-pixel input features to the pixel's column,
     per t (video UNet with the shipped module on pure noise; the first half of the pixels fit, the rest scored).
     Modules at 1x1 have no column to find and are left out."""
-    from models.motion_module import VanillaTemporalModule
-
     pipe = _pipeline(None)
     feats: dict[str, Tensor] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args, n=n: feats.__setitem__(n, args[0]))
-        for n, m in pipe.motion_module.named_modules()
-        if isinstance(m, VanillaTemporalModule)
-    ]
+    hooks = _record_inputs(pipe.motion_module, feats)
     ctx = pipe.encode_prompt([tw.caption("yellow", "square", "moving right", "black")] * batch)  # [b, 77, d]
     out: dict[int, dict[str, float]] = {}
     try:
@@ -371,16 +377,10 @@ def word_change(checkpoint: Path | None = None, t: int = 950, n: int = 8, seed: 
     norm of the change, averaged over the motion slots, for the spatial UNet alone (motion modules at identity) on
     pure noise at ``t``, ``n`` held-out appearances. ``moving left`` changes only the sign, ``moving up`` the axis;
     another color for scale."""
-    from models.motion_module import VanillaTemporalModule
-
     pipe = _pipeline(None, checkpoint)
     identity = trainer.fresh_motion_module()  # proj_out zero: each module passes its input through
-    feats: list[Tensor] = []
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args: feats.append(args[0]))
-        for m in identity.modules()
-        if isinstance(m, VanillaTemporalModule)
-    ]
+    feats: dict[str, Tensor] = {}
+    hooks = _record_inputs(identity, feats)
     scenes = tw.eval_scenes(n)
     z = torch.randn(n, 4, tw.FRAMES, 8, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -389,9 +389,8 @@ def word_change(checkpoint: Path | None = None, t: int = 950, n: int = 8, seed: 
 
     def run(motion: str, recolor: bool = False) -> list[Tensor]:
         caps = [tw.caption(other_color(s) if recolor else s.color, s.shape, motion, s.background) for s in scenes]
-        feats.clear()
         pipe.unet(z, torch.full((n,), t), pipe.encode_prompt(caps), motion=identity)
-        return list(feats)
+        return list(feats.values())
 
     try:
         base = run("moving right")
@@ -426,7 +425,7 @@ def start_positions(checkpoint: Path | None = None, n: int = 16, steps: int = 10
         for k, s in enumerate(scenes):
             caption = tw.caption(s.color, s.shape, motion, s.background)
             image = pipe.text_to_image(caption, steps=steps, guidance_scale=5.0, seed=3000 + k).image
-            d = detect(image[0] if image.ndim == 4 else image)
+            d = detect(image)
             if d.found:
                 found.append((d.x, d.y))
         attrs = {"color": "red", "shape": "circle", "motion": motion, "background": "black"}

@@ -541,7 +541,8 @@ def train_motion(
     motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
-    stage = Stage("motion", out, modules, motion.parameters(), args.lr_motion or DEFAULT_LR["motion"], args.seed + 2)
+    lr = args.lr_motion or DEFAULT_LR["motion"]
+    stage = Stage("motion", out, modules, motion.parameters(), lr, args.seed + 2)
     alphas = DDIMSchedule().alphas_cumprod
     unet.requires_grad_(False)
 
@@ -554,9 +555,8 @@ def train_motion(
         return high_noise_loss(unet(zt, t, ctx, motion=motion), eps, t, alphas, MOTION_NOISE_CAP), {}
 
     # a finished stage asked for more steps continues (the shipped module was extended this way; the cosine schedule
-    # then spans the new length, so the learning rate rises again: each run is recorded in the manifest)
+    # then spans the new length, or with --restart-schedule the new steps alone: each run is recorded in the manifest)
     if not stage.done_marker().exists() or stage.step < args.steps_motion:
-        lr = args.lr_motion or DEFAULT_LR["motion"]
         run_stage(stage, args.steps_motion, lr, loss_fn, args.save_every, log, ema, args.restart_schedule, note)
     return ema.shadow.eval().requires_grad_(False)
 
