@@ -10,7 +10,7 @@ line reads the defaults without importing torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 BLOCKS = ("down", "mid", "up")
 
@@ -41,6 +41,9 @@ class Controls:
     position_correction: bool = True
     # clips longer than the motion module's position table (24 for v1, 32 for v2/v3): without this they are an error
     sliding_windows: bool = False
+    # initial noise of the other frames (the paper does not say; docs/method.md §3): the fraction of its variance
+    # taken from step 1's initial noise z_T, x_j = sqrt(s) z_T + sqrt(1 - s) n_j. 0: independent (AnimateDiff)
+    noise_share: float = 0.0
 
     def __post_init__(self):
         if self.kv_mode not in ("replace", "concat"):
@@ -54,6 +57,8 @@ class Controls:
             start, end = getattr(self, name)
             if not 0.0 <= start <= end <= 1.0:
                 raise ValueError(f"{name} must be fractions with 0 <= start <= end <= 1, got {(start, end)}")
+        if not 0.0 <= self.noise_share <= 1.0:
+            raise ValueError(f"noise_share must be a fraction in [0, 1], got {self.noise_share}")
         if self.window_size is not None and self.window_size < 1:
             raise ValueError(f"window_size must be >= 1 or None, got {self.window_size}")
 
@@ -83,6 +88,19 @@ class Controls:
             raise ValueError(f"ablation row must be 1..5, got {row}")
         return rows[row]
 
+    # fields added after results were first saved: at their default they are left out of a run's fingerprint
+    # (experiments/sweep.py), so sweeps made before the field existed still resume instead of being redone
+    LATER_FIELDS = ("noise_share",)
+
+    def fingerprint_fields(self) -> dict:
+        """The fields that identify a run's settings (every field, less :attr:`LATER_FIELDS` at their default)."""
+        defaults = Controls()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.name in self.LATER_FIELDS and getattr(self, f.name) == getattr(defaults, f.name))
+        }
+
     PRESETS = ("paper", "animatediff", "ablation1", "ablation2", "ablation3", "ablation4", "ablation5")
 
     @classmethod
@@ -100,7 +118,8 @@ class Controls:
 
     @property
     def any(self) -> bool:
-        return self.insert_latent or self.share_kv or self.window_attention
+        """Whether the video depends on a step-1 image (otherwise it is plain text-to-video)."""
+        return self.insert_latent or self.share_kv or self.window_attention or self.noise_share > 0
 
 
 def steps_in_range(timesteps: Sequence[int], fraction: tuple[float, float]) -> frozenset[int]:

@@ -154,6 +154,19 @@ class LockstepImage:
     bank: KVBank | None
 
 
+def share_initial_noise(x: Tensor, anchors: Sequence[AnchorFrame], share: float) -> Tensor:
+    """The video's initial latents with ``share`` of each frame's noise variance taken from the nearest anchor's
+    step-1 initial latent ``z_T``: ``x_j = sqrt(s) z_T + sqrt(1 - s) x_j`` (unit variance kept). The paper does not
+    say how the frames other than the first start (docs/method.md §3); ``s = 0`` is AnimateDiff's independent noise,
+    ``s = 1`` starts every frame from the image's noise."""
+    if not share or not anchors:
+        return x
+    frames = torch.arange(x.shape[2])
+    nearest = (frames[:, None] - torch.tensor([a.frame for a in anchors])[None]).abs().argmin(dim=1)  # [f]
+    z = torch.stack([anchors[k].trajectory[0].to(x.device, x.dtype) for k in nearest.tolist()], dim=2)  # [1,4,f,h,w]
+    return share**0.5 * z + (1 - share) ** 0.5 * x
+
+
 def sample_video(
     runner: UNetRunner,
     schedule: DDIMSchedule,
@@ -191,6 +204,7 @@ def sample_video(
         dtype=x.dtype,
     )
     denoise = stepped_denoiser(runner, cond, uncond, guidance_scale, state)
+    x = share_initial_noise(x, anchors, controls.noise_share)
 
     def insert_anchors(x: Tensor, i: int) -> Tensor:
         x = x.clone()

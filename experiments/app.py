@@ -209,6 +209,7 @@ SWITCHES = (
     "window_size",
     "position_correction",
     "sliding_windows",
+    "noise_share",
 )
 
 
@@ -245,6 +246,8 @@ def controls_from_values(values: list[Any]) -> Controls:
         elif name == "window_size":
             size = as_int(values.pop(0), "window size", 0, 1024)
             fields[name] = size or None
+        elif name == "noise_share":
+            fields[name] = float(values.pop(0))
         else:
             fields[name] = values.pop(0)
     return Controls(**fields)
@@ -561,6 +564,9 @@ def build_ui(session: Session):
                     window_size = gr.Number(label="Window size (0: the clip)", value=0, precision=0)
                     position_correction = gr.Checkbox(p.position_correction, label="Position correction")
                     sliding_windows = gr.Checkbox(p.sliding_windows, label="Sliding windows (long clips)")
+                    noise_share = gr.Slider(
+                        0, 1, value=p.noise_share, step=0.1, label="Initial noise shared with the image's (0: own)"
+                    )
                 switches = [
                     insert_latent,
                     insert_a,
@@ -577,6 +583,7 @@ def build_ui(session: Session):
                     window_size,
                     position_correction,
                     sliding_windows,
+                    noise_share,
                 ]
 
             with gr.Column(scale=1):

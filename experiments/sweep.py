@@ -41,7 +41,7 @@ def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict, c
                     "negative_prompt": item["negative_prompt"],
                     "seed": item["seed"],
                     "sampler": {k: cfg.sampler[k] for k in SAMPLER_FIELDS},
-                    "controls": asdict(controls),
+                    "controls": controls.fingerprint_fields(),
                     "checkpoints": {k: v["sha256"] for k, v in checkpoints.items()},
                     "lora_scale": cfg.motion.lora_scale,
                 }

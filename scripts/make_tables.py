@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from animatezero.controls import Controls  # noqa: E402  (imports nothing heavy)
 from evaluation.runs import find_runs, run_status  # noqa: E402
 from evaluation.stats import summarize  # noqa: E402
 
@@ -84,6 +85,7 @@ TOYWORLD_CONTROL_COLUMNS = [
     ("kv_mode", "K/V mode"),
     ("kv_levels", "K/V levels"),
     ("kv_source", "K/V source"),
+    ("noise_share", "Noise shared"),
 ]
 STRIP_FRAMES = (0, 5, 10, 15)  # frames 1, 6, 11, 16 (paper Fig. 6)
 
@@ -199,7 +201,8 @@ def build_table(grouped: dict[str, list[Run]], columns, with_controls: bool = Fa
     header += ["n", *[title for _, title in columns]]
     md_rows, csv_rows = [], []
     for label, runs in grouped.items():
-        controls = runs[0].run.get("controls", {})
+        # a run saved before a field existed ran at its default (Controls.LATER_FIELDS)
+        controls = {k: getattr(Controls(), k) for k in Controls.LATER_FIELDS} | runs[0].run.get("controls", {})
         row = [label]
         csv_row: dict = {"configuration": label}
         if with_controls:

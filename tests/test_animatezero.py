@@ -8,7 +8,7 @@ import torch
 
 from animatezero.controls import Controls
 from animatezero.hooks import installed
-from animatezero.method import temporal_processors
+from animatezero.method import AnchorFrame, share_initial_noise, temporal_processors
 from models.attention import Attention
 
 SIZE, STEPS, FRAMES = 64, 2, 4
@@ -76,6 +76,7 @@ def test_all_controls_off_is_animatediff_bit_for_bit(tiny_pipe, image, noise):
         {"window_size": 2},
         {"position_correction": False},
         {"window_blocks": ("down", "mid", "up")},
+        {"noise_share": 0.5},
     ],
 )
 def test_each_switch_changes_the_output(tiny_pipe, image, noise, paper_video, change):
@@ -84,6 +85,26 @@ def test_each_switch_changes_the_output(tiny_pipe, image, noise, paper_video, ch
     )
     assert (video.frames - paper_video.frames).abs().max().item() > 1e-4
     assert no_processors_left(tiny_pipe)
+
+
+@pytest.mark.parametrize("share", [0.3, 1.0])
+def test_noise_share_mixes_in_the_images_initial_noise(tiny_pipe, image, noise, share):
+    """``noise_share`` s is the same as giving the latents sqrt(s) z_T + sqrt(1 - s) n (docs/method.md §3)."""
+    mixed = share**0.5 * image.trajectory[0][:, :, None] + (1 - share) ** 0.5 * noise  # [1, 4, f, h, w]
+    given = tiny_pipe.animate(image, latents=mixed, num_frames=FRAMES)
+    shared = tiny_pipe.animate(image, latents=noise, num_frames=FRAMES, controls=Controls(noise_share=share))
+    assert torch.allclose(shared.frames, given.frames, atol=1e-6)
+
+
+def test_noise_share_takes_the_nearer_anchor_and_checks_its_range():
+    x = torch.randn(1, 4, 5, 2, 2)
+    first, last = torch.full((1, 4, 2, 2), 1.0), torch.full((1, 4, 2, 2), -1.0)
+    anchors = [AnchorFrame(0, [first], None), AnchorFrame(4, [last], None)]
+    assert share_initial_noise(x, anchors, 0.0) is x
+    out = share_initial_noise(x, anchors, 1.0)
+    assert out[:, :, :2].eq(1.0).all() and out[:, :, 3:].eq(-1.0).all()  # frame 2 is a tie: the first anchor
+    with pytest.raises(ValueError, match="noise_share must be a fraction"):
+        Controls(noise_share=1.5)
 
 
 def test_window_attention_last_frame_equals_global(tiny_pipe):

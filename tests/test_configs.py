@@ -170,6 +170,8 @@ EXPERIMENTS = {
             **{f"insert_0-{p}": Controls(insert_steps=(0.0, p / 100)) for p in (25, 50, 75)},
             "kv_concat": Controls(kv_mode="concat"),
             "kv_levels_1-3": Controls(kv_levels=(1, 2, 3)),
+            "noise_0.5": Controls(noise_share=0.5),
+            "noise_1": Controls(noise_share=1.0),
         },
         "toyworld_eval",
     ),

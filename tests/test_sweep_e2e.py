@@ -214,3 +214,15 @@ def test_bad_prompt_ids_and_labels_are_rejected(tmp_path, tiny_cache):
     cfg = sweep_cfg(tiny_cache, tmp_path, "configurations={../evil:{preset:paper}}")
     with pytest.raises(OutputPathError, match="configuration label"):
         sw.sweep(cfg)
+
+
+def test_a_later_controls_field_at_its_default_keeps_old_fingerprints():
+    """A field added to Controls after sweeps were saved (``LATER_FIELDS``) is left out of the fingerprint at its
+    default, so a sweep saved before it existed resumes instead of every item being redone."""
+    from dataclasses import asdict
+
+    from animatezero.controls import Controls
+
+    before = {k: v for k, v in asdict(Controls()).items() if k not in Controls.LATER_FIELDS}
+    assert common.fingerprint(Controls().fingerprint_fields()) == common.fingerprint(before)
+    assert Controls(noise_share=0.5).fingerprint_fields()["noise_share"] == 0.5
