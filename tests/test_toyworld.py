@@ -225,7 +225,7 @@ def test_ablation_experiment_is_the_toy_world_at_its_own_size():
     assert (cfg.sampler.steps, cfg.sampler.num_frames, cfg.sampler.height, cfg.sampler.width) == (10, 16, 64, 64)
     assert OmegaConf.to_container(cfg.model, resolve=False)["checkpoint"].endswith("toyworld_sd15.safetensors}")
     assert OmegaConf.to_container(cfg.prompts["items"]) == toyworld_eval_items(32)
-    assert len(cfg.configurations) == 16  # window 16 = ablation5
+    assert len(cfg.configurations) == 18  # window 16 = ablation5
 
 
 def make_toyworld_run(run_dir: Path, scene: tw.Scene, video: torch.Tensor, configuration: str) -> None:
