@@ -617,7 +617,9 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
             # a checkpoint exported by an earlier --from-checkpoint run carries its own base's provenance on
             origin = known.get("base_checkpoint", {})
             known = origin if origin.get("sha256") == base["sha256"] else known
-            base |= {k: known[k] for k in ("trained_by", "stages") if k in known}
+            # and one exported by a --frame0 run (a new checkpoint) keeps that run's own base: the chain back to the
+            # stages that trained its VAE, text encoder and first UNet
+            base |= {k: known[k] for k in ("trained_by", "stages", "base_checkpoint") if k in known}
     pool = latent_pool(args.out, vae, args.pool_clips, args.seed)
     stages, note = {}, {"unet": base["sha256"][:12]}
     if args.frame0:  # a new UNet: the exported checkpoint then differs from the one read in its UNet weights

@@ -115,6 +115,13 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert set(cont["stages"]) == {"frame0", "motion"} and cont["stages"]["frame0"]["steps"] == 2
         assert cont["files"][base.name]["sha256"] != base_sha and cont["base_checkpoint"]["sha256"] == base_sha
         assert cont["stages"]["motion"]["runs"][-1]["unet"] == base_sha[:12] + " + frame0"
+
+        # a module for that new checkpoint: its provenance is the --frame0 run's, with that run's base chained on
+        args3 = [*TINY, "--out", str(tmp_path / "o3"), "--dest", str(tmp_path / "d3"), "--from-checkpoint"]
+        assert train_toyworld.main([*args3, str(tmp_path / "d0" / base.name)]) == 0
+        third = json.loads((tmp_path / "d3" / "manifest.json").read_text())["base_checkpoint"]
+        assert third["stages"] == cont["stages"] and third["base_checkpoint"] == cont["base_checkpoint"]
+        assert third["base_checkpoint"]["stages"] == manifest["stages"]
     finally:
         torch.set_num_threads(threads)
 
