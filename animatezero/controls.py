@@ -92,13 +92,18 @@ class Controls:
     # (experiments/sweep.py), so sweeps made before the field existed still resume instead of being redone
     LATER_FIELDS = ("noise_share",)
 
+    @classmethod
+    def later_defaults(cls) -> dict:
+        """:attr:`LATER_FIELDS` with their defaults: the values a run saved before they existed ran with."""
+        return {f.name: f.default for f in fields(cls) if f.name in cls.LATER_FIELDS}
+
     def fingerprint_fields(self) -> dict:
         """The fields that identify a run's settings (every field, less :attr:`LATER_FIELDS` at their default)."""
-        defaults = Controls()
+        later = self.later_defaults()
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if not (f.name in self.LATER_FIELDS and getattr(self, f.name) == getattr(defaults, f.name))
+            if not (f.name in later and getattr(self, f.name) == later[f.name])
         }
 
     PRESETS = ("paper", "animatediff", "ablation1", "ablation2", "ablation3", "ablation4", "ablation5")

@@ -201,8 +201,7 @@ def build_table(grouped: dict[str, list[Run]], columns, with_controls: bool = Fa
     header += ["n", *[title for _, title in columns]]
     md_rows, csv_rows = [], []
     for label, runs in grouped.items():
-        # a run saved before a field existed ran at its default (Controls.LATER_FIELDS)
-        controls = {k: getattr(Controls(), k) for k in Controls.LATER_FIELDS} | runs[0].run.get("controls", {})
+        controls = Controls.later_defaults() | runs[0].run.get("controls", {})  # runs saved before those fields
         row = [label]
         csv_row: dict = {"configuration": label}
         if with_controls:
