@@ -32,13 +32,30 @@ def main(argv: list[str] | None = None) -> Path:
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
     from PIL import Image
-    from playwright.sync_api import expect, sync_playwright
 
     from experiments import app
 
     if not overrides and not app.toyworld_available():
         overrides = ["debug=tiny"]
-    session = app.Session(app.Model.load(app.compose_config(overrides)), tempfile.mkdtemp(prefix="app_screenshot_"))
+    model = app.Model.load(app.compose_config(overrides))
+    with tempfile.TemporaryDirectory(prefix="app_screenshot_") as outputs:
+        shot = take(app.Session(model, outputs), args)
+    shot = shot.crop((0, 0, shot.width, min(shot.height, 1000)))
+    shot = shot.resize((shot.width * 3 // 4, shot.height * 3 // 4), Image.LANCZOS)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    print(f"{out}: {shot.width}x{shot.height}, {out.stat().st_size / 1024:.0f} KB")
+    return out
+
+
+def take(session, args: argparse.Namespace):
+    """Drive the app in headless Chromium (make candidates, pick one, animate) and return a full-page screenshot."""
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    from experiments import app
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -70,13 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
             context.close()
     finally:
         demo.close()
-    shot = shot.crop((0, 0, shot.width, min(shot.height, 1000)))
-    shot = shot.resize((shot.width * 3 // 4, shot.height * 3 // 4), Image.LANCZOS)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
-    print(f"{out}: {shot.width}x{shot.height}, {out.stat().st_size / 1024:.0f} KB")
-    return out
+    return shot
 
 
 if __name__ == "__main__":

@@ -326,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="animatezero_gpu_check_"))
+    with tempfile.TemporaryDirectory(prefix="animatezero_gpu_check_") as work:  # the parts' reports and wheels
+        return check(args, Path(work), start)
+
+
+def check(args: argparse.Namespace, work: Path, start: float) -> int:
+    """Every part in turn inside the time budget; writes gpu_check.json / .md / .log into ``args.out``."""
     if args.cache_dir is None:
         args.cache_dir = Path(os.environ.get("ANIMATEZERO_GPU_CHECK_CACHE", "/tmp/animatezero_gpu_check_ckpt"))
     env = dict(
