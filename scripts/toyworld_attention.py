@@ -1,4 +1,4 @@
-"""How selective is the toy-world UNet's spatial self-attention? (README "Toy world", the K/V-sharing finding.)
+"""How selective is the toy-world UNet's spatial self-attention? (docs/toyworld.md §4, the K/V-sharing caveat.)
 
 K/V sharing (paper Sec. 4.1) gives every frame's spatial self-attention the first frame's keys and values; in SD1.5,
 whose self-attention picks out a few related tokens, a query then fetches the matching content of frame 0. Whether

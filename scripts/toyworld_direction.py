@@ -1,7 +1,7 @@
-"""Why the toy world's clips do not move as captioned: three measurements of the text -> direction path.
+"""Why the toy world's clips did not move as captioned at first: measurements of the text -> direction path.
 
 AnimateDiff's motion module has no text input; the caption reaches it only through the frozen spatial UNet's
-features. These commands measure each link of that path on the shipped toy-world model (README "Toy world"):
+features. These commands measure each link of that path on the shipped toy-world model (docs/toyworld.md §5-6):
 
     python scripts/toyworld_direction.py probe     # is the motion word in the UNet's features? (linear probe)
     python scripts/toyworld_direction.py shift     # do the x_0 predictions move the object as captioned?

@@ -29,7 +29,7 @@ continues where it stopped (a finished stage is skipped). ``--wandb`` logs to We
 ``WANDB_MODE`` says otherwise).
 
     python scripts/train_toyworld.py                       # the recipe: about 2 h of stage time on 2 cores
-    python scripts/train_toyworld.py --steps-motion 44000  # a longer motion stage (the shipped module's length)
+    python scripts/train_toyworld.py --steps-motion 18000  # a longer motion stage (the shipped module's length)
     python scripts/train_toyworld.py --stage unet          # up to one stage (the decoder may run beside the others)
     python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
 """
@@ -533,17 +533,16 @@ def train_motion(
     x_0 error there a weight of 0.37 or less (0.05 at t = 900, against 1.2 at t = 500); the cap of 100 weighs x_0
     errors about equally from t = 500 to 800. The direction in the caption is learned slowly: the module first
     learns to smooth the track it sees, and a two-caption world needed 3,000-5,000 steps of 2 clips before its
-    clips followed the caption (``scripts/toyworld_direction.py twoway``; README "Toy world"). In the full world,
+    clips followed the caption (``scripts/toyworld_direction.py twoway``; docs/toyworld.md §5). In the full world,
     3,500 steps at a cap of 10 left motion at chance; on the UNet before :func:`train_frame0`, 20,000 at a cap of 100
     (104 min on 2 CPU cores) made 13 of 32 held-out text-to-video clips move as captioned (chance 1/6), and 36,000
     (212 min) 15 of 32: that module had learned each motion's axis but not its sign, which that UNet barely carried.
-    Continued on the frame0 UNet for 8,000 steps (the shipped module) it moved 69 of 96 held-out pairs as captioned.
-    From nothing on the frame0 UNet the stage learns the direction in a fraction of those steps: 19 of 32 at 3,000
-    (the EMA weights midway through a 6,000-step run) and, at the default 6,000 steps (55 min on 1 thread beside
-    other work; about 30 min at the 3.2 steps/s of 2 threads), 57 of the 64 directional pairs of the 96, as many as
-    the shipped module, but 2 of the 32 growing/shrinking ones (the shipped module: 12). Continued to 12,000 steps
-    with --restart-schedule it moved 74 of the 96 as captioned, growing/shrinking 14 (shipped: 69); README "Toy
-    world"."""
+    Continued on the frame0 UNet for 8,000 steps it moved 69 of 96 held-out pairs as captioned. From nothing on
+    the frame0 UNet the stage learns the direction in a fraction of those steps: at the default 6,000 steps (55 min
+    on 1 thread beside other work; about 30 min at the 3.2 steps/s of 2 threads) 57 of the 64 directional pairs of
+    the 96, but 2 of the 32 growing/shrinking ones. Growing and shrinking come last: continued with
+    --restart-schedule to 12,000 steps it moved 74 of the 96 (growing/shrinking 14), to 18,000 (the shipped module)
+    88 (growing/shrinking 27); docs/toyworld.md §2."""
     motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
@@ -560,8 +559,9 @@ def train_motion(
         zt, t, eps = noisy(z0, alphas, high=True)
         return high_noise_loss(unet(zt, t, ctx, motion=motion), eps, t, alphas, MOTION_NOISE_CAP), {}
 
-    # a finished stage asked for more steps continues (the shipped module was extended this way; the cosine schedule
-    # then spans the new length, or with --restart-schedule the new steps alone: each run is recorded in the manifest)
+    # a finished stage asked for more steps continues (the shipped module was made so, 6,000 steps at a time); the
+    # cosine schedule then spans the new length, or with --restart-schedule the new steps alone: each run is recorded
+    # in the manifest
     if not stage.done_marker().exists() or stage.step < args.steps_motion:
         run_stage(stage, args.steps_motion, lr, loss_fn, args.save_every, log, ema, args.restart_schedule, note)
     return ema.shadow.eval().requires_grad_(False)
