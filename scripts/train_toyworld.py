@@ -531,18 +531,11 @@ def train_motion(
 
     Where a clip's object goes is decided early in sampling, above t = 700 (alpha_bar < 0.035). A cap of 10 gives an
     x_0 error there a weight of 0.37 or less (0.05 at t = 900, against 1.2 at t = 500); the cap of 100 weighs x_0
-    errors about equally from t = 500 to 800. The direction in the caption is learned slowly: the module first
-    learns to smooth the track it sees, and a two-caption world needed 3,000-5,000 steps of 2 clips before its
-    clips followed the caption (``scripts/toyworld_direction.py twoway``; docs/toyworld.md §5). In the full world,
-    3,500 steps at a cap of 10 left motion at chance; on the UNet before :func:`train_frame0`, 20,000 at a cap of 100
-    (104 min on 2 CPU cores) made 13 of 32 held-out text-to-video clips move as captioned (chance 1/6), and 36,000
-    (212 min) 15 of 32: that module had learned each motion's axis but not its sign, which that UNet barely carried.
-    Continued on the frame0 UNet for 8,000 steps it moved 69 of 96 held-out pairs as captioned. From nothing on
-    the frame0 UNet the stage learns the direction in a fraction of those steps: at the default 6,000 steps (55 min
-    on 1 thread beside other work; about 30 min at the 3.2 steps/s of 2 threads) 57 of the 64 directional pairs of
-    the 96, but 2 of the 32 growing/shrinking ones. Growing and shrinking come last: continued with
-    --restart-schedule to 12,000 steps it moved 74 of the 96 (growing/shrinking 14), to 18,000 (the shipped module)
-    88 (growing/shrinking 27); docs/toyworld.md §2."""
+    errors about equally from t = 500 to 800. The direction in the caption is learned slowly (the module first
+    learns to smooth the track it sees), and on a UNet that was not through :func:`train_frame0` it learned each
+    motion's axis but not its sign (docs/toyworld.md §5-6). On the frame0 UNet the default 6,000 steps learn the
+    directions, and growing and shrinking come last: the shipped module is 18,000 steps (three runs of 6,000 with
+    --restart-schedule), measured side by side with 6,000 and 12,000 in docs/toyworld.md §2."""
     motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
