@@ -28,8 +28,8 @@ Every stage is seeded and resumable: it saves its state every ``--save-every`` s
 continues where it stopped (a finished stage is skipped). ``--wandb`` logs to Weights & Biases (offline unless
 ``WANDB_MODE`` says otherwise).
 
-    python scripts/train_toyworld.py                       # the recipe: about 2 h of stage time on 2 cores
-    python scripts/train_toyworld.py --steps-motion 18000  # a longer motion stage (the shipped module's length)
+    python scripts/train_toyworld.py                       # the recipe, from nothing: under 2 h on 2 cores
+    python scripts/train_toyworld.py --steps-motion 6000   # a shorter motion stage (the directions only)
     python scripts/train_toyworld.py --stage unet          # up to one stage (the decoder may run beside the others)
     python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
 """
@@ -81,7 +81,7 @@ DEFAULT_STEPS = {
     "unet": 5000,
     "refine": 800,
     "frame0": 1000,
-    "motion": 6000,  # on the frame0 UNet; fits the recipe in about 2 hours (see train_motion)
+    "motion": 18000,  # on the frame0 UNet (see train_motion); the recipe's whole run fits in 2 hours on 2 cores
 }
 # frames, frames, captions, frames, frames, frames, clips
 DEFAULT_BATCH = {"vae": 8, "decoder": 4, "text": 64, "unet": 32, "refine": 32, "frame0": 32, "motion": 2}
@@ -164,22 +164,83 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
+class SplitBatch:
+    """Run a step's batch as ``parts`` parts, each in a thread of its own with one intra-op thread, and add up their
+    gradients in a fixed order. The toy networks' operations are too small for intra-op threads to pay: on the 2-core
+    CPU a motion-stage step of 2 clips takes 290 ms with 2 intra-op threads and 235 ms as two one-clip parts
+    (``python scripts/bench_train_toyworld.py``). Each part draws from its own ``random.Random`` and
+    ``torch.Generator``, seeded from the stage's RNG, so a seed still fixes the run.
+
+    ``loss_fn(rng, gen, n)`` returns ``(loss, extra)``: the mean loss over ``n`` samples drawn from ``rng`` and
+    ``gen``. The step's loss is the parts' mean weighted by their sizes, and so are the gradients."""
+
+    def __init__(self, loss_fn, batch: int, parts: int, params: list[Tensor]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.loss_fn, self.batch, self.params = loss_fn, batch, params
+        self.sizes = [batch // parts + (i < batch % parts) for i in range(min(parts, batch))]
+        self.pool = ThreadPoolExecutor(len(self.sizes)) if len(self.sizes) > 1 else None
+
+    def _part(self, seed_size: tuple[int, int]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        seed, n = seed_size
+        loss, _ = self.loss_fn(random.Random(seed), torch.Generator().manual_seed(seed), n)
+        loss = loss * (n / self.batch)
+        return loss.detach(), torch.autograd.grad(loss, self.params)
+
+    def __call__(self, rng: random.Random) -> tuple[Tensor, dict]:
+        """One step's loss, with every parameter's ``.grad`` set."""
+        if self.pool is None:
+            loss, extra = self.loss_fn(rng, None, self.batch)
+            loss.backward()
+            return loss, extra
+        seeds = [rng.randrange(2**62) for _ in self.sizes]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // len(self.sizes)))
+        try:
+            parts = list(self.pool.map(self._part, zip(seeds, self.sizes)))
+        finally:
+            torch.set_num_threads(threads)
+        for p, *grads in zip(self.params, *(g for _, g in parts)):
+            p.grad = torch.stack(grads).sum(0)
+        return torch.stack([loss for loss, _ in parts]).sum(), {}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def run_stage(
-    stage: Stage, total: int, base_lr: float, loss_fn, save_every: int, log, ema=None, restart: bool = False, note=None
+    stage: Stage,
+    total: int,
+    base_lr: float,
+    loss_fn,
+    save_every: int,
+    log,
+    ema=None,
+    restart: bool = False,
+    note=None,
+    split: tuple[int, int] | None = None,
 ) -> None:
     """Train ``stage`` up to ``total`` steps with :func:`lr_at`'s schedule. The schedule spans the stage from step 0,
     so a finished stage continued to a larger ``total`` picks it up part-way; with ``restart`` such a continuation
     (and only a continuation: the stage's done marker says it finished at the current step) starts a schedule of its
-    own instead, warm-up and cosine over the new steps. ``note``: extra fields for this run's manifest entry."""
+    own instead, warm-up and cosine over the new steps. ``note``: extra fields for this run's manifest entry.
+
+    ``loss_fn(rng)`` returns ``(loss, extra)``; with ``split = (batch, parts)`` it is ``loss_fn(rng, gen, n)`` instead,
+    run by :class:`SplitBatch`."""
     from tqdm import tqdm
 
     for m in stage.modules.values():
         m.train()
+    params = [p for g in stage.opt.param_groups for p in g["params"]]
+    step_fn = SplitBatch(loss_fn, *split, params) if split else None
     marker = stage.done_marker()
     if restart and marker.exists() and json.loads(marker.read_text())["steps"] == stage.step < total:
         stage.schedule_start = stage.step
     if stage.step < total:  # a resumed stage's earlier runs stop where this one starts
         run = {"start": stage.step, "planned": total, "threads": torch.get_num_threads()}
+        if step_fn is not None and step_fn.pool is not None:
+            run["parts"] = len(step_fn.sizes)
         if stage.schedule_start or base_lr != DEFAULT_LR.get(stage.name, base_lr):
             run |= {"lr": base_lr, "schedule_start": stage.schedule_start}
         stage.runs.append(run | (note or {}))
@@ -188,10 +249,12 @@ def run_stage(
         t0 = time.perf_counter()
         for group in stage.opt.param_groups:
             group["lr"] = lr_at(stage.step - stage.schedule_start, total - stage.schedule_start, base_lr)
-        loss, extra = loss_fn(stage.rng)
         stage.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in stage.opt.param_groups for p in g["params"]]
+        if step_fn is not None:
+            loss, extra = step_fn(stage.rng)
+        else:
+            loss, extra = loss_fn(stage.rng)
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         stage.opt.step()
         if ema is not None:
@@ -212,7 +275,11 @@ def run_stage(
         if stage.step % save_every == 0 or stage.step == total:
             stage.save()
     bar.close()
+    if step_fn is not None:
+        step_fn.close()
     done = {"steps": stage.step, "minutes": stage.seconds / 60}
+    if step_fn is not None and step_fn.pool is not None:
+        done["parts"] = len(step_fn.sizes)
     if len(stage.runs) > 1:  # restarted or extended: say how (the learning-rate schedule spans each run's plan)
         done["runs"] = stage.runs
     stage.done_marker().write_text(json.dumps(done))
@@ -302,18 +369,26 @@ def latent_pool(out: Path, vae: AutoencoderKL, n_clips: int, seed: int, chunk: i
     rng = random.Random(seed + 10)
     bar = tqdm(total=n_clips, initial=len(state["captions"]), desc="latents", dynamic_ncols=True)
     while len(state["captions"]) < n_clips:
+        t0 = time.perf_counter()
         rng.seed(seed * 1_000_003 + len(state["captions"]))
         caps, clips = clip_batch(rng, min(chunk, n_clips - len(state["captions"])))  # [b, f, 3, 64, 64]
         b, f = clips.shape[:2]
         z = vae.encode(clips.flatten(0, 1)).unflatten(0, (b, f)).transpose(1, 2)  # [b, 4, f, 8, 8]
         state["captions"] += caps
         state["latents"].append(z.clone())
+        state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - t0
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
         bar.update(b)
     bar.close()
     return state["captions"], torch.cat(state["latents"])
+
+
+def pool_record(out: Path) -> dict:
+    """The latent pool's size and build time, for the manifest."""
+    state = torch.load(out / "latents.pt", weights_only=False)
+    return {"clips": len(state["captions"]), "minutes": state.get("seconds", float("nan")) / 60}
 
 
 def train_decoder(out: Path, args, log, vae: AutoencoderKL) -> AutoencoderKL:
@@ -340,13 +415,19 @@ def train_decoder(out: Path, args, log, vae: AutoencoderKL) -> AutoencoderKL:
     return vae.eval().requires_grad_(False)
 
 
-def noisy(x0: Tensor, alphas: Tensor, high: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def noisy(
+    x0: Tensor, alphas: Tensor, high: bool = False, gen: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(x_t, t, eps) for the training timesteps of ``x0 [b, ...]``: uniform, or with ``high`` drawn as
-    ``T (1 - u^2)`` (density rising towards t = T, where the prompt decides the picture)."""
+    ``T (1 - u^2)`` (density rising towards t = T, where the prompt decides the picture). ``gen``: the generator to
+    draw from (torch's global one if None)."""
     b = x0.shape[0]
     n = alphas.numel()
-    t = (n * (1 - torch.rand(b) ** 2)).long().clamp(0, n - 1) if high else torch.randint(0, n, (b,))
-    eps = torch.randn_like(x0)
+    if high:
+        t = (n * (1 - torch.rand(b, generator=gen) ** 2)).long().clamp(0, n - 1)
+    else:
+        t = torch.randint(0, n, (b,), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     a = alphas[t].view(b, *([1] * (x0.ndim - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
 
@@ -436,7 +517,7 @@ def train_text(out: Path, args, log, tok: CLIPTokenizer) -> CLIPTextModel:
     return text.eval().requires_grad_(False)
 
 
-def frame_loss(rng, unet, text, tok, pool, alphas: Tensor, batch: int, first_frame: float = 0.0) -> Tensor:
+def frame_loss(rng, gen, unet, text, tok, pool, alphas: Tensor, batch: int, first_frame: float = 0.0) -> Tensor:
     """The text-to-image loss of the ``unet`` and ``refine`` stages: :func:`high_noise_loss` on one frame of each of
     ``batch`` clips drawn from the latent pool, that frame being frame 0 with probability ``first_frame`` and a
     uniformly drawn frame otherwise (with ``first_frame`` 0 the draws are the ``unet`` stage's as they always were)."""
@@ -445,7 +526,7 @@ def frame_loss(rng, unet, text, tok, pool, alphas: Tensor, batch: int, first_fra
     first = [rng.random() < first_frame for _ in idx] if first_frame else [False] * batch
     frames = torch.tensor([0 if f else rng.randrange(latents.shape[2]) for f in first])
     z0 = latents[torch.tensor(idx), :, frames]  # [b, 4, 8, 8]: one frame of each drawn clip
-    zt, t, eps = noisy(z0, alphas, high=True)
+    zt, t, eps = noisy(z0, alphas, high=True, gen=gen)
     ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
     return high_noise_loss(unet(zt, t, ctx), eps, t, alphas)
 
@@ -459,11 +540,12 @@ def train_unet(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextMod
     stage = Stage("unet", out, {"unet": unet, "ema_unet": ema}, unet.parameters(), DEFAULT_LR["unet"], args.seed + 1)
     alphas = DDIMSchedule().alphas_cumprod
 
-    def loss_fn(rng):
-        return frame_loss(rng, unet, text, tok, pool, alphas, args.batch_unet), {}
+    def loss_fn(rng, gen, n):
+        return frame_loss(rng, gen, unet, text, tok, pool, alphas, n), {}
 
     if not stage.done_marker().exists():
-        run_stage(stage, args.steps_unet, DEFAULT_LR["unet"], loss_fn, args.save_every, log, ema=ema)
+        split = (args.batch_unet, args.split)
+        run_stage(stage, args.steps_unet, DEFAULT_LR["unet"], loss_fn, args.save_every, log, ema=ema, split=split)
     return ema.shadow.eval().requires_grad_(False)
 
 
@@ -477,11 +559,11 @@ def _continue_unet(name: str, out: Path, args, log, pool, tok, text, unet: UNetM
     alphas = DDIMSchedule().alphas_cumprod
     batch, steps = getattr(args, f"batch_{name}"), getattr(args, f"steps_{name}")
 
-    def loss_fn(rng):
-        return frame_loss(rng, unet, text, tok, pool, alphas, batch, first_frame), {}
+    def loss_fn(rng, gen, n):
+        return frame_loss(rng, gen, unet, text, tok, pool, alphas, n, first_frame), {}
 
     if not stage.done_marker().exists():
-        run_stage(stage, steps, DEFAULT_LR[name], loss_fn, args.save_every, log, ema=ema)
+        run_stage(stage, steps, DEFAULT_LR[name], loss_fn, args.save_every, log, ema=ema, split=(batch, args.split))
     return ema.shadow.eval().requires_grad_(False)
 
 
@@ -533,9 +615,9 @@ def train_motion(
     x_0 error there a weight of 0.37 or less (0.05 at t = 900, against 1.2 at t = 500); the cap of 100 weighs x_0
     errors about equally from t = 500 to 800. The direction in the caption is learned slowly (the module first
     learns to smooth the track it sees), and on a UNet that was not through :func:`train_frame0` it learned each
-    motion's axis but not its sign (docs/toyworld.md §5-6). On the frame0 UNet the default 6,000 steps learn the
-    directions, and growing and shrinking come last: the shipped module is 18,000 steps (three runs of 6,000 with
-    --restart-schedule), measured side by side with 6,000 and 12,000 in docs/toyworld.md §2."""
+    motion's axis but not its sign (docs/toyworld.md §5-6). On the frame0 UNet the directions come by 6,000 steps and
+    growing and shrinking last, so the default is 18,000 steps (measured side by side with 6,000 and 12,000 in
+    docs/toyworld.md §2)."""
     motion = fresh_motion_module()
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
@@ -544,19 +626,20 @@ def train_motion(
     alphas = DDIMSchedule().alphas_cumprod
     unet.requires_grad_(False)
 
-    def loss_fn(rng):
+    def loss_fn(rng, gen, n):
         captions, latents = pool
-        idx = [rng.randrange(len(captions)) for _ in range(args.batch_motion)]
-        z0 = latents[torch.tensor(idx)]  # [b, 4, f, 8, 8]
-        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [b, 77, 32]
-        zt, t, eps = noisy(z0, alphas, high=True)
+        idx = [rng.randrange(len(captions)) for _ in range(n)]
+        z0 = latents[torch.tensor(idx)]  # [n, 4, f, 8, 8]
+        ctx = caption_context(rng, text, tok, [captions[i] for i in idx])  # [n, 77, 32]
+        zt, t, eps = noisy(z0, alphas, high=True, gen=gen)
         return high_noise_loss(unet(zt, t, ctx, motion=motion), eps, t, alphas, MOTION_NOISE_CAP), {}
 
     # a finished stage asked for more steps continues (the shipped module was made so, 6,000 steps at a time); the
     # cosine schedule then spans the new length, or with --restart-schedule the new steps alone: each run is recorded
     # in the manifest
     if not stage.done_marker().exists() or stage.step < args.steps_motion:
-        run_stage(stage, args.steps_motion, lr, loss_fn, args.save_every, log, ema, args.restart_schedule, note)
+        split = (args.batch_motion, args.split)
+        run_stage(stage, args.steps_motion, lr, loss_fn, args.save_every, log, ema, args.restart_schedule, note, split)
     return ema.shadow.eval().requires_grad_(False)
 
 
@@ -642,6 +725,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export-only", action="store_true", help="only write the shipped files from finished stages")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument(
+        "--split",
+        type=int,
+        default=0,
+        help="run the UNet and motion stages' batches as this many parts in threads of their own (see SplitBatch; "
+        "0: one part per thread, 1: no split)",
+    )
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size (a multiple of 8)")
     ap.add_argument("--pool-clips", type=int, default=POOL_CLIPS, help="clips encoded once for the UNet/motion stages")
@@ -671,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.split = args.split or torch.get_num_threads()
     args.out.mkdir(parents=True, exist_ok=True)
 
     run = None
@@ -723,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "trained_by": command,
             "stages": {s: json.loads((args.out / f"{s}.done").read_text()) for s in STAGES},
+            "latent_pool": pool_record(args.out),
             "device": "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

@@ -32,6 +32,7 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert train_toyworld.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0
         manifest = json.loads((dest / "manifest.json").read_text())
         assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "frame0", "motion"}
+        assert manifest["latent_pool"]["clips"] == 2 and manifest["latent_pool"]["minutes"] > 0
         for name, entry in manifest["files"].items():
             assert train_toyworld.sha256(dest / name) == entry["sha256"]
         pipe = AnimateZeroPipeline.from_single_files(
@@ -144,3 +145,48 @@ def test_caption_probe_trains_every_attribute_word():
     outside = ["", "a photo of a cat"]
     ids = tok(outside)
     assert probe(text(ids), ids, outside).item() == 0
+
+
+def test_split_batch_adds_up_its_parts_gradients_in_a_fixed_order():
+    """SplitBatch (the UNet and motion stages' batches run as parts in threads of their own): the step's loss and
+    gradients are the size-weighted sums of the parts', each part drawing from its own seeded RNGs, so two steps
+    from the same RNG state agree bit for bit; with one part it is the plain step on the whole batch."""
+    import random
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    params = list(model.parameters())
+    calls = []
+
+    def loss_fn(rng, gen, n):
+        calls.append((gen is None, n))
+        x = torch.randn(n, 4, generator=gen)  # [n, 4]
+        target = torch.tensor([[rng.random()] for _ in range(n)])  # [n, 1]
+        return (model(x) - target).pow(2).mean(), {}
+
+    split = train_toyworld.SplitBatch(loss_fn, batch=5, parts=2, params=params)
+    assert split.sizes == [3, 2]
+    loss, _ = split(random.Random(7))
+    grads = [p.grad.clone() for p in params]
+
+    # by hand, one part after the other, from the same seeds
+    rng = random.Random(7)
+    seeds = [rng.randrange(2**62) for _ in range(2)]
+    want_loss, want = 0.0, [torch.zeros_like(p) for p in params]
+    for seed, n in zip(seeds, (3, 2)):
+        part, _ = loss_fn(random.Random(seed), torch.Generator().manual_seed(seed), n)
+        want_loss = want_loss + part.detach() * n / 5
+        for w, g in zip(want, torch.autograd.grad(part * n / 5, params)):
+            w += g
+    assert torch.allclose(loss, want_loss) and all(torch.allclose(g, w) for g, w in zip(grads, want))
+
+    again, _ = split(random.Random(7))
+    assert torch.equal(again, loss) and all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+    split.close()
+
+    calls.clear()
+    for p in params:
+        p.grad = None
+    whole = train_toyworld.SplitBatch(loss_fn, batch=5, parts=1, params=params)
+    whole(random.Random(7))
+    assert whole.pool is None and calls == [(True, 5)] and all(p.grad is not None for p in params)
