@@ -5,6 +5,7 @@ deterministic and well-formed, the detector and motion classifier are right on e
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -284,6 +285,20 @@ def test_evaluate_toyworld_metric_and_tables_with_confidence_intervals(tmp_path)
     assert "| 0.0000 [0.0000, 0.0000] |" in frozen_row  # motion accuracy 0 for every prompt
     csv_text = (tmp_path / "tables" / "toyworld_table.csv").read_text()
     assert "toyworld_motion_acc_ci_low" in csv_text
+
+    # the breakdown: motion accuracy by the caption's motion group (a group no caption has is empty), and by attribute
+    with open(tmp_path / "tables" / "toyworld_breakdown.csv", newline="") as f:
+        rows = {r["configuration"]: r for r in csv.DictReader(f)}
+    present = {s.motion.split()[0] for s in tw.eval_scenes(4)}
+    for group in make_tables.TOYWORLD_MOTION_GROUPS:
+        good_acc = float(rows["good"][f"toyworld_motion_acc_{group}_mean"])
+        frozen_acc = float(rows["frozen"][f"toyworld_motion_acc_{group}_mean"])
+        if group in present:
+            assert (good_acc, frozen_acc) == (1.0, 0.0)
+        else:
+            assert math.isnan(good_acc) and math.isnan(frozen_acc)
+    assert float(rows["good"]["toyworld_color_consistency_mean"]) == 1.0
+    assert "moving" in (tmp_path / "tables" / "toyworld_breakdown.md").read_text()
     s = make_tables._fmt_ci({"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 4})
     assert s == "0.5000 [0.2500, 0.7500]"
 
