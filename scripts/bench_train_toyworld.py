@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     threads = args.threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {args.steps} steps per stage")
-    totals = {}
     for split in args.split:
         seconds, wall = measure(args.steps, args.pool_clips, threads, split)
         name = f"split {split or threads}"
@@ -66,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
             total += sec * n / 60
             print(f"  {stage:<8} {sec * 1000:>8.0f} {n:>14,} {sec * n / 60:>14.1f}")
         print(f"  {'recipe':<8} {'':>8} {'':>14} {total:>14.1f}")
-        totals[name] = total
     return 0
 
 

@@ -167,7 +167,7 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
 class SplitBatch:
     """Run a step's batch as ``parts`` parts, each in a thread of its own with one intra-op thread, and add up their
     gradients in a fixed order. The toy networks' operations are too small for intra-op threads to pay: on the 2-core
-    CPU a motion-stage step of 2 clips takes 290 ms with 2 intra-op threads and 235 ms as two one-clip parts
+    CPU a motion-stage step of 2 clips takes 302 ms with 2 intra-op threads and 252 ms as two one-clip parts
     (``python scripts/bench_train_toyworld.py``). Each part draws from its own ``random.Random`` and
     ``torch.Generator``, seeded from the stage's RNG, so a seed still fixes the run.
 
@@ -180,6 +180,7 @@ class SplitBatch:
         self.loss_fn, self.batch, self.params = loss_fn, batch, params
         self.sizes = [batch // parts + (i < batch % parts) for i in range(min(parts, batch))]
         self.pool = ThreadPoolExecutor(len(self.sizes)) if len(self.sizes) > 1 else None
+        self.parts = len(self.sizes) if self.pool is not None else 1  # what the manifest records
 
     def _part(self, seed_size: tuple[int, int]) -> tuple[Tensor, tuple[Tensor, ...]]:
         seed, n = seed_size
@@ -239,8 +240,8 @@ def run_stage(
         stage.schedule_start = stage.step
     if stage.step < total:  # a resumed stage's earlier runs stop where this one starts
         run = {"start": stage.step, "planned": total, "threads": torch.get_num_threads()}
-        if step_fn is not None and step_fn.pool is not None:
-            run["parts"] = len(step_fn.sizes)
+        if step_fn is not None and step_fn.parts > 1:
+            run["parts"] = step_fn.parts
         if stage.schedule_start or base_lr != DEFAULT_LR.get(stage.name, base_lr):
             run |= {"lr": base_lr, "schedule_start": stage.schedule_start}
         stage.runs.append(run | (note or {}))
@@ -275,11 +276,11 @@ def run_stage(
         if stage.step % save_every == 0 or stage.step == total:
             stage.save()
     bar.close()
+    done = {"steps": stage.step, "minutes": stage.seconds / 60}
     if step_fn is not None:
         step_fn.close()
-    done = {"steps": stage.step, "minutes": stage.seconds / 60}
-    if step_fn is not None and step_fn.pool is not None:
-        done["parts"] = len(step_fn.sizes)
+        if step_fn.parts > 1:
+            done["parts"] = step_fn.parts
     if len(stage.runs) > 1:  # restarted or extended: say how (the learning-rate schedule spans each run's plan)
         done["runs"] = stage.runs
     stage.done_marker().write_text(json.dumps(done))
@@ -382,13 +383,9 @@ def latent_pool(out: Path, vae: AutoencoderKL, n_clips: int, seed: int, chunk: i
         os.replace(tmp, path)
         bar.update(b)
     bar.close()
+    record = {"clips": len(state["captions"]), "minutes": state.get("seconds", float("nan")) / 60}
+    (out / "latents.done").write_text(json.dumps(record))  # for the manifest, as the stages' done markers
     return state["captions"], torch.cat(state["latents"])
-
-
-def pool_record(out: Path) -> dict:
-    """The latent pool's size and build time, for the manifest."""
-    state = torch.load(out / "latents.pt", weights_only=False)
-    return {"clips": len(state["captions"]), "minutes": state.get("seconds", float("nan")) / 60}
 
 
 def train_decoder(out: Path, args, log, vae: AutoencoderKL) -> AutoencoderKL:
@@ -814,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "trained_by": command,
             "stages": {s: json.loads((args.out / f"{s}.done").read_text()) for s in STAGES},
-            "latent_pool": pool_record(args.out),
+            "latent_pool": json.loads((args.out / "latents.done").read_text()),
             "device": "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
