@@ -2,7 +2,7 @@
 SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, a rerun
 skips the finished stages and exports the same bytes, a second run from nothing trains the same bytes, and
 ``--from-checkpoint`` trains a motion module alone for an existing checkpoint (with ``--frame0``, after continuing its
-UNet on frame 0)."""
+UNet on frame 0), or with ``--motion-module --detail`` runs the last stage alone."""
 
 import json
 import sys
@@ -21,7 +21,7 @@ TINY = [
     *("--threads 1 --save-every 1 --pool-clips 2".split()),
     *("--steps-vae 2 --batch-vae 2 --steps-decoder 2 --batch-decoder 1 --steps-text 2 --batch-text 2".split()),
     *("--steps-unet 2 --batch-unet 2 --steps-refine 2 --batch-refine 2 --steps-frame0 2 --batch-frame0 2".split()),
-    *("--steps-motion 2 --batch-motion 1".split()),
+    *("--steps-motion 2 --batch-motion 1 --steps-detail 2 --batch-detail 2".split()),
 ]
 
 
@@ -31,7 +31,7 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
     try:
         assert train_toyworld.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0
         manifest = json.loads((dest / "manifest.json").read_text())
-        assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "frame0", "motion"}
+        assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "frame0", "motion", "detail"}
         assert manifest["latent_pool"]["clips"] == 2 and manifest["latent_pool"]["minutes"] > 0
         for name, entry in manifest["files"].items():
             assert train_toyworld.sha256(dest / name) == entry["sha256"]
@@ -53,12 +53,13 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert train_toyworld.main([*TINY, "--out", str(fresh / "state"), "--dest", str(fresh / "dest")]) == 0
         assert json.loads((fresh / "dest" / "manifest.json").read_text())["files"] == manifest["files"]
 
-        # the exported UNet is the `frame0` stage's EMA, which started from the `refine` stage's, from the `unet`'s
-        ema = {s: torch.load(state / f"{s}.pt", weights_only=False)["modules"]["ema_unet"] for s in ("unet", "refine")}
-        ema["frame0"] = torch.load(state / "frame0.pt", weights_only=False)["modules"]["ema_unet"]
+        # the exported UNet is the `detail` stage's EMA, which started from the `frame0` stage's (the UNet the motion
+        # module trained on), from the `refine` stage's, from the `unet`'s
+        chain = ("unet", "refine", "frame0", "detail")
+        ema = {s: torch.load(state / f"{s}.pt", weights_only=False)["modules"]["ema_unet"] for s in chain}
         exported = pipe.unet.state_dict()
-        assert all(torch.equal(exported[k], v.half().float()) for k, v in ema["frame0"].items())
-        for later, earlier in (("frame0", "refine"), ("refine", "unet")):
+        assert all(torch.equal(exported[k], v.half().float()) for k, v in ema["detail"].items())
+        for later, earlier in (("detail", "frame0"), ("frame0", "refine"), ("refine", "unet")):
             assert any(not torch.equal(ema[later][k], v) for k, v in ema[earlier].items())
 
         # the text encoder is the `text` stage's, frozen through the UNet and motion stages (as SD freezes CLIP)
@@ -123,6 +124,21 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         third = json.loads((tmp_path / "d3" / "manifest.json").read_text())["base_checkpoint"]
         assert third["stages"] == cont["stages"] and third["base_checkpoint"] == cont["base_checkpoint"]
         assert third["base_checkpoint"]["stages"] == manifest["stages"]
+
+        # --motion-module --detail: the recipe's last stage for a checkpoint and module whose states are gone; the
+        # module goes out byte for byte, the checkpoint with the continued UNet, and the provenance names both
+        module = dest / train_toyworld.MOTION_NAME
+        args4 = [*TINY, "--out", str(tmp_path / "o4"), "--dest", str(tmp_path / "d4"), "--from-checkpoint", str(base)]
+        assert train_toyworld.main([*args4, "--motion-module", str(module), "--detail"]) == 0
+        fourth = json.loads((tmp_path / "d4" / "manifest.json").read_text())
+        assert set(fourth["stages"]) == {"detail"} and fourth["stages"]["detail"]["steps"] == 2
+        assert fourth["motion_module"] == {"path": module.name, "sha256": manifest["files"][module.name]["sha256"]}
+        assert fourth["files"][module.name] == manifest["files"][module.name]
+        assert fourth["files"][base.name]["sha256"] != base_sha
+        assert fourth["base_checkpoint"]["stages"] == manifest["stages"]
+        assert not (tmp_path / "o4" / "motion.pt").exists()
+        with pytest.raises(SystemExit):  # --detail alone belongs to --from-checkpoint; the recipe runs the stage itself
+            train_toyworld.main([*TINY, "--out", str(tmp_path / "o5"), "--dest", str(tmp_path / "d5"), "--detail"])
     finally:
         torch.set_num_threads(threads)
 
