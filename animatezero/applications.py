@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from animatezero.checks import MIN_SIZE, check_finite, check_sampling, check_size
+from animatezero.checks import MIN_SIZE, check_finite, check_size
 from animatezero.controls import Controls
 from animatezero.io import check_image_size, load_image
 from animatezero.results import ImageResult, VideoResult, psnr
@@ -81,15 +81,15 @@ class Applications:
         latent: Tensor,
         prompt: str = "",
         *,
-        steps: int = 25,
-        guidance_scale: float = 7.5,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str = "",
         image: Tensor | None = None,
     ) -> ImageResult:
         """DDIM inversion of a clean latent ``[1, 4, h, w]`` along this pipeline's timesteps (conditional branch only,
         as usual for inversion), giving a trajectory that :meth:`animate` consumes. ``guidance_scale`` is the one the
         animation will use."""
-        check_sampling(steps, guidance_scale)
+        steps, guidance_scale = self.sampling(steps, guidance_scale)
         latent = latent.to(self.device, self.dtype)
         cond = self.encode_prompt(prompt)
         with self.runner.using(self.unet):
@@ -104,8 +104,8 @@ class Applications:
         *,
         height: int | None = None,
         width: int | None = None,
-        steps: int = 25,
-        guidance_scale: float = 7.5,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str = "",
     ) -> ImageResult:
         """Real-image animation, step 1: fit the image to the model's grid (:func:`fit_image`), VAE-encode it and
@@ -132,8 +132,8 @@ class Applications:
         prompt: str | None = None,
         *,
         num_frames: int = 16,
-        steps: int = 25,
-        guidance_scale: float = 7.5,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str = "",
         controls: Controls | None = None,
         seed: int | None = None,

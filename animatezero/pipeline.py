@@ -52,7 +52,7 @@ class AnimateZeroPipeline(Applications):
         self, unet, vae, text_encoder, tokenizer, motion_module=None, *, schedule: DDIMSchedule | None = None,
         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, vae_chunk_size: int | None = 8,
         offload: bool = False, compile: bool | str | dict = False, compile_cache_dir: str | os.PathLike | None = None,
-        default_size: tuple[int, int] = (512, 512),
+        default_size: tuple[int, int] = (512, 512), default_sampling: tuple[int, float] = (25, 7.5),
     ):  # fmt: skip
         """``vae_chunk_size``: frames decoded at once (bounds the decode's memory). ``offload``: keep every network in
         CPU memory and move it to the device only while it runs (lower peak memory, slower). ``compile``:
@@ -71,6 +71,7 @@ class AnimateZeroPipeline(Applications):
         self.schedule = schedule or DDIMSchedule()
         self.dtype, self.vae_chunk_size = dtype, vae_chunk_size
         self.default_size = (int(default_size[0]), int(default_size[1]))  # (height, width) when a call gives none
+        self.default_sampling = (int(default_sampling[0]), float(default_sampling[1]))  # (steps, guidance), likewise
         for m in self._networks():
             m.to(self.runner.home, dtype).eval().requires_grad_(False)
 
@@ -120,6 +121,7 @@ class AnimateZeroPipeline(Applications):
 
         checkpoint, motion_module = toyworld.files()
         kwargs.setdefault("default_size", (toyworld.HEIGHT, toyworld.WIDTH))
+        kwargs.setdefault("default_sampling", (toyworld.STEPS, toyworld.GUIDANCE))
         return cls.from_single_files(checkpoint, motion_module, device=device, **kwargs)
 
     def size(self, height: int | None, width: int | None) -> tuple[int, int]:
@@ -128,6 +130,14 @@ class AnimateZeroPipeline(Applications):
         width = self.default_size[1] if width is None else width
         checks.check_size(height, width)
         return height, width
+
+    def sampling(self, steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+        """The requested DDIM steps and guidance scale, each defaulting to the model's (``default_sampling``: 25 and
+        7.5 for SD1.5; the toy world's 10 and 5), checked."""
+        steps = self.default_sampling[0] if steps is None else steps
+        guidance_scale = self.default_sampling[1] if guidance_scale is None else guidance_scale
+        checks.check_sampling(steps, guidance_scale)
+        return steps, guidance_scale
 
     # building blocks ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -197,14 +207,14 @@ class AnimateZeroPipeline(Applications):
     @torch.inference_mode()
     def text_to_image(
         self, prompt: str, *, negative_prompt: str = "", height: int | None = None, width: int | None = None,
-        steps: int = 25, guidance_scale: float = 7.5, seed: int | None = None, latents: Tensor | None = None,
+        steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None, latents: Tensor | None = None,
         record_kv: bool = False, callback=None,
     ) -> ImageResult:  # fmt: skip
         """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
         ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
         sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
         height, width = self.size(height, width)
-        checks.check_sampling(steps, guidance_scale)
+        steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, height // 8, width // 8), seed)
         state, bank = StepState(), KVBank() if record_kv else None
         recording = recorders(self.unet, bank, state) if bank is not None else {}
@@ -268,14 +278,14 @@ class AnimateZeroPipeline(Applications):
     @torch.inference_mode()
     def text_to_video(
         self, prompt: str, *, num_frames: int = 16, negative_prompt: str = "", height: int | None = None,
-        width: int | None = None, steps: int = 25, guidance_scale: float = 7.5, seed: int | None = None,
+        width: int | None = None, steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None,
         latents: Tensor | None = None, sliding_windows: bool = False, callback=None,
     ) -> VideoResult:  # fmt: skip
         """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention.
         ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
         self._require_motion(num_frames)
         height, width = self.size(height, width)
-        checks.check_sampling(steps, guidance_scale)
+        steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, num_frames, height // 8, width // 8), seed)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
@@ -329,7 +339,7 @@ class AnimateZeroPipeline(Applications):
     @torch.inference_mode()
     def generate(
         self, prompt: str, *, negative_prompt: str = "", height: int | None = None, width: int | None = None,
-        steps: int = 25, guidance_scale: float = 7.5, seed: int | None = None, num_frames: int = 16,
+        steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None, num_frames: int = 16,
         controls: Controls | None = None, image_latents: Tensor | None = None, video_latents: Tensor | None = None,
         callback=None,
     ) -> tuple[ImageResult, VideoResult]:  # fmt: skip
@@ -338,7 +348,7 @@ class AnimateZeroPipeline(Applications):
         ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
         self._require_motion(num_frames)
         height, width = self.size(height, width)
-        checks.check_sampling(steps, guidance_scale)
+        steps, guidance_scale = self.sampling(steps, guidance_scale)
         controls = controls if controls is not None else Controls.paper()
         h, w = height // 8, width // 8
         z, seed = self._start(image_latents, (1, 4, h, w), seed)

@@ -73,6 +73,20 @@ def test_same_frames_as_diffusers(pipe, tmp_path):
     assert oracle.max_err(mine_image.image, ref_image)["max_abs"] <= 1e-4
 
 
+def test_sampling_defaults_are_the_models(pipe):
+    """``toyworld()`` samples as the toy world's measurements do (10 DDIM steps, guidance 5) unless a call says
+    otherwise: at SD1.5's 7.5 the shipped model's step-1 image draws the caption's color in 27 of the first 48
+    held-out pairs, at 5 in all 48 (README "Toy world"). Other pipelines keep SD1.5's 25 steps and 7.5."""
+    import inspect
+
+    prompt = "a red circle moving right on a black background"
+    image = pipe.text_to_image(prompt, seed=0)
+    assert (image.steps, image.guidance_scale) == (toyworld.STEPS, toyworld.GUIDANCE) == (10, 5.0)
+    image = pipe.text_to_image(prompt, seed=0, steps=2, guidance_scale=3.0)
+    assert (image.steps, image.guidance_scale) == (2, 3.0)
+    assert inspect.signature(AnimateZeroPipeline).parameters["default_sampling"].default == (25, 7.5)
+
+
 def test_text_encoder_keeps_every_caption_word_apart(pipe):
     """The frozen, pre-trained text encoder (docs/toyworld.md §1) tells captions apart that differ in one word, the
     motion word included, which a single frame does not show. Measured: 0.60 (background) to 0.79 (motion) relative
@@ -88,9 +102,9 @@ def test_text_encoder_keeps_every_caption_word_apart(pipe):
 
 def test_text_to_image_follows_the_caption(pipe):
     """Held-out prompts give one object on a plain background, on the background the caption names (chance 1/3), in
-    the object's color (chance 1/7) and above chance in its shape (1/3). Measured on these 12 prompts and seeds:
-    object found 12, background right 12, color 11, shape 6 (the model shipped before: 12, 11, 9, 8; the shipped
-    one draws the shape less well, README "Toy world"); the shape threshold keeps a margin of one."""
+    the object's color (chance 1/7) and in its shape (1/3). Measured on these 12 prompts and seeds at the toy world's
+    default guidance (5): object found 12, background right 12, color 12, shape 10 (the model before the ``detail``
+    stage, at guidance 7.5: 12, 12, 11, 6; README "Toy world")."""
     found = background = color = shape = 0
     for k, s in enumerate(eval_scenes(12)):
         image = pipe.text_to_image(s.caption, steps=STEPS, seed=k).image
@@ -99,14 +113,14 @@ def test_text_to_image_follows_the_caption(pipe):
         background += acc["background_acc"]
         color += acc["color_acc"]
         shape += acc["shape_acc"]
-    assert found >= 11 and background >= 10 and color >= 7 and shape >= 5, (found, background, color, shape)
+    assert found >= 11 and background >= 10 and color >= 10 and shape >= 8, (found, background, color, shape)
 
 
 def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
     """Frame 0 is the step-1 image (paper Sec. 4.1); the object is found in (nearly) every frame and keeps frame 0's
-    color far above chance (1/7). Measured on these 6 clips (the ablation sweep's first 6 pairs): found 1.0 in every
-    clip, color kept in 0.84 of frames (0.4-1.0) with the shipped model (0.78 and 0.61 with the two models shipped
-    before; README "Toy world")."""
+    color far above chance (1/7). Measured on these 6 clips (the ablation sweep's first 6 pairs, guidance 5): found
+    1.0 in every clip, color kept in 0.92 of frames (0.67-1.0) with the shipped model (at guidance 7.5, 0.84 with the
+    model before the ``detail`` stage, 0.78 and 0.61 with the two before it; README "Toy world")."""
     found, kept = [], []
     for k, s in enumerate(eval_scenes(len(MOTIONS))):
         image, video = pipe.generate(s.caption, steps=STEPS, seed=EVAL_SEED + k, controls=Controls.paper())
@@ -115,14 +129,15 @@ def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
         found.append(score["toyworld_found"])
         kept.append(score["toyworld_color_consistency"])
     assert min(found) >= 0.8 and sum(found) / len(found) >= FOUND_MIN, found
-    assert sum(kept) / len(kept) >= 0.55, kept
+    assert sum(kept) / len(kept) >= 0.7, kept
 
 
 def test_text_to_video_moves_as_captioned_above_chance(pipe):
     """The motion module learned the motion word, its axis and its sign (README "Toy world"): text-to-video clips of
     held-out prompts move as captioned far above chance (1/6). Measured on these 24 pairs (the ablation sweep's
-    first, guidance 5) with the shipped module: 23 of 24 (chance 4), 31 of all 32, 95 of 96; the 18,000-step module
-    shipped before it 23 of 24, 88 of 96; the one before that 19 of 24, 69 of 96; before the frame0 stage 11 of 24 (the sign of left/right at a coin flip)
+    first, guidance 5) with the shipped files: 23 of 24 (chance 4), 30 of all 32, 93 of 96; the same module on the
+    UNet before the ``detail`` stage 23 of 24, 31 of 32, 95 of 96; the 18,000-step module shipped before it 23 of 24,
+    88 of 96; the one before that 19 of 24, 69 of 96; before the frame0 stage 11 of 24 (the sign of left/right at a coin flip)
     (docs/toyworld.md §2, §6)."""
     hits = []
     for k, s in enumerate(eval_scenes(24)):
