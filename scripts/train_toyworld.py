@@ -37,6 +37,8 @@ continues where it stopped (a finished stage is skipped). ``--wandb`` logs to We
     python scripts/train_toyworld.py --export-only         # write the shipped files from finished stages
     python scripts/train_toyworld.py --from-checkpoint CK.safetensors --motion-module MM.safetensors --detail
                                                            # the detail stage alone, for an existing pair of files
+    python scripts/train_toyworld.py --from-checkpoint CK.safetensors --motion-init MM.safetensors --steps-motion 2000 \
+        --lr-motion 2e-4                                   # continue a module on a checkpoint (the shipped files' last step)
 """
 
 from __future__ import annotations
@@ -626,7 +628,15 @@ def fresh_motion_module() -> MotionModules:
 
 
 def train_motion(
-    out: Path, args, log, pool, tok: CLIPTokenizer, unet: UNetModel, text: CLIPTextModel, note: dict | None = None
+    out: Path,
+    args,
+    log,
+    pool,
+    tok: CLIPTokenizer,
+    unet: UNetModel,
+    text: CLIPTextModel,
+    note: dict | None = None,
+    init: MotionModules | None = None,
 ) -> MotionModules:
     """Stage ``motion``: an AnimateDiff v2 motion module on 16-frame clips, the spatial UNet and the text encoder
     frozen, with :func:`high_noise_loss` capped at :data:`MOTION_NOISE_CAP`.
@@ -637,8 +647,11 @@ def train_motion(
     learns to smooth the track it sees), and on a UNet that was not through :func:`train_frame0` it learned each
     motion's axis but not its sign (docs/toyworld.md §5-6). On the frame0 UNet the directions come by 6,000 steps and
     growing and shrinking last, so the default is 18,000 steps (measured side by side with 6,000 and 12,000 in
-    docs/toyworld.md §2)."""
-    motion = fresh_motion_module()
+    docs/toyworld.md §2).
+
+    ``init``: start from this module instead of a fresh one (a module trained on another UNet, continued on this
+    one, as a motion module is adapted to a fine-tuned SD1.5 checkpoint)."""
+    motion = fresh_motion_module() if init is None else init.train().requires_grad_(True)
     ema = EMA(motion)
     modules = {"motion": motion, "ema": ema}
     lr = args.lr_motion or DEFAULT_LR["motion"]
@@ -674,8 +687,9 @@ def train_detail(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextM
     timesteps below 400, where an object's corners are drawn, a few percent of the loss, and the UNet draws a
     square's corners round: without this stage 26 of the 33 squares of the 96 held-out pairs read as circles
     (docs/toyworld.md §8). Low noise does not decide the layout, so the motion module's directions are kept; its
-    growing and shrinking under the paper preset are not all kept (docs/toyworld.md §8). Returns the EMA weights
-    (decay :data:`REFINE_EMA_DECAY`)."""
+    growing and shrinking under the paper preset are not all kept; the shipped module was continued on this UNet
+    for that (``--from-checkpoint --motion-init``, docs/toyworld.md §2 and §8). Returns the EMA weights (decay
+    :data:`REFINE_EMA_DECAY`)."""
     return _continue_unet("detail", out, args, log, pool, tok, text, unet, 0.0, args.seed + 8, DETAIL_T_MAX)
 
 
@@ -722,7 +736,9 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
     hex digits of the base checkpoint's SHA-256, ``+ frame0`` when continued).
 
     ``--motion-module`` takes that module as it is instead of training one (recorded as ``motion_module`` with its
-    SHA-256; exported byte for byte), and ``--detail`` runs the ``detail`` stage (:func:`train_detail`) on the UNet
+    SHA-256; exported byte for byte); ``--motion-init`` starts the motion stage from that module instead of a fresh
+    one (recorded as ``motion_init``): the shipped module is the recipe's, continued so on the ``detail`` UNet it
+    runs with (docs/toyworld.md §8). ``--detail`` runs the ``detail`` stage (:func:`train_detail`) on the UNet
     after the motion module: with both, the recipe's last stage for a checkpoint and module whose training states
     are gone."""
     from models.loading import load_motion_module, load_sd15
@@ -749,7 +765,11 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
         motion = load_motion_module(args.motion_module, dtype=torch.float32)
         extra["motion_module"] = {"path": args.motion_module.name, "sha256": sha256(args.motion_module)}
     else:
-        motion = train_motion(args.out, args, log, pool, tok, unet, text, note)
+        init = None
+        if args.motion_init is not None:
+            init = load_motion_module(args.motion_init, dtype=torch.float32)
+            extra["motion_init"] = {"path": args.motion_init.name, "sha256": sha256(args.motion_init)}
+        motion = train_motion(args.out, args, log, pool, tok, unet, text, note, init)
         stages["motion"] = json.loads((args.out / "motion.done").read_text())
     if args.detail:
         unet = train_detail(args.out, args, log, pool, tok, text, unet)
@@ -802,6 +822,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --from-checkpoint: use this motion module as it is instead of training one (with --detail)",
     )
     ap.add_argument(
+        "--motion-init",
+        type=Path,
+        help="with --from-checkpoint: start the motion stage from this motion module instead of a fresh one "
+        "(give --steps-motion and --lr-motion for the continuation)",
+    )
+    ap.add_argument(
         "--detail",
         action="store_true",
         help="with --from-checkpoint: continue the checkpoint's UNet with the detail stage after the motion module",
@@ -817,6 +843,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--steps-{s}", type=int, default=DEFAULT_STEPS[s])
         ap.add_argument(f"--batch-{s}", type=int, default=DEFAULT_BATCH[s])
     args = ap.parse_args(argv)
+    if args.motion_module is not None and args.motion_init is not None:
+        ap.error("--motion-module (use a module as it is) and --motion-init (train from it) exclude each other")
+    if args.from_checkpoint is None and (args.motion_module is not None or args.motion_init is not None or args.detail):
+        ap.error(
+            "--motion-module, --motion-init and --detail go with --from-checkpoint "
+            "(the recipe from nothing runs detail itself)"
+        )
+    if args.from_checkpoint is not None and args.stage not in ("all", "motion"):
+        ap.error("--from-checkpoint runs the motion stage (frame0 with --frame0, detail with --detail); drop --stage")
     # every stage builds its modules before its Stage seeds torch, and torch's generator starts from a random seed:
     # seed it here, so that a seed fixes the initialisations too (a resumed stage restores the generator's state)
     torch.manual_seed(args.seed)
@@ -841,13 +876,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = CLIPTokenizer()
     command = "scripts/train_toyworld.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_checkpoint is not None:
-        if args.stage not in ("all", "motion"):
-            ap.error(
-                "--from-checkpoint runs the motion stage (frame0 with --frame0, detail with --detail); drop --stage"
-            )
         return motion_for_checkpoint(args, log, tok, command)
-    if args.motion_module is not None or args.detail:
-        ap.error("--motion-module and --detail go with --from-checkpoint (the recipe from nothing runs detail itself)")
     wanted = STAGES if args.stage == "all" else STAGES[: STAGES.index(args.stage) + 1]
     vae = train_vae(args.out, args, log)
     scale_file = args.out / "vae_scale.json"

@@ -2,7 +2,8 @@
 SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, a rerun
 skips the finished stages and exports the same bytes, a second run from nothing trains the same bytes, and
 ``--from-checkpoint`` trains a motion module alone for an existing checkpoint (with ``--frame0``, after continuing its
-UNet on frame 0), or with ``--motion-module --detail`` runs the last stage alone."""
+UNet on frame 0), or with ``--motion-module --detail`` runs the last stage alone, or with ``--motion-init`` continues
+a given module."""
 
 import json
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -139,6 +141,28 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert not (tmp_path / "o4" / "motion.pt").exists()
         with pytest.raises(SystemExit):  # --detail alone belongs to --from-checkpoint; the recipe runs the stage itself
             train_toyworld.main([*TINY, "--out", str(tmp_path / "o5"), "--dest", str(tmp_path / "d5"), "--detail"])
+
+        # --motion-init: the motion stage starts from a given module (one with weights of its own, no zeroed
+        # proj_out, so that a fresh start would show) and the provenance names it
+        gen = torch.Generator().manual_seed(0)
+        start = {
+            k: (v.float() + 0.1 * torch.randn(v.shape, generator=gen)).half() for k, v in load_file(module).items()
+        }
+        init = tmp_path / "init.safetensors"
+        save_file(start, init)
+        args6 = [*TINY, "--out", str(tmp_path / "o6"), "--dest", str(tmp_path / "d6"), "--from-checkpoint", str(base)]
+        assert train_toyworld.main([*args6, "--motion-init", str(init)]) == 0
+        sixth = json.loads((tmp_path / "d6" / "manifest.json").read_text())
+        assert sixth["motion_init"] == {"path": init.name, "sha256": train_toyworld.sha256(init)}
+        assert sixth["files"][base.name] == manifest["files"][base.name]
+        continued = load_file(tmp_path / "d6" / module.name)
+        assert continued.keys() == start.keys()
+        assert any(not torch.equal(continued[k], v) for k, v in start.items())  # trained ...
+        assert all((continued[k].float() - v.float()).abs().max() < 0.02 for k, v in start.items())  # ... from init
+        with pytest.raises(SystemExit):  # a module is either used as it is or trained from, not both
+            train_toyworld.main([*args6, "--motion-init", str(init), "--motion-module", str(module)])
+        with pytest.raises(SystemExit):
+            train_toyworld.main([*TINY, "--out", str(tmp_path / "o7"), "--motion-init", str(init)])
     finally:
         torch.set_num_threads(threads)
 
