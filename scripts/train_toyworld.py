@@ -702,6 +702,27 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_record(path: Path) -> dict:
+    """A file named in the manifest: its name and SHA-256."""
+    return {"path": path.name, "sha256": sha256(path)}
+
+
+def done_record(out: Path, name: str) -> dict:
+    """What a finished stage (or the latent pool, ``latents``) wrote to its done marker in ``out``."""
+    return json.loads((out / f"{name}.done").read_text())
+
+
+def provenance(command: str, **fields) -> dict:
+    """The manifest's record of one training command: the command, ``fields``, and where it ran."""
+    return {
+        "trained_by": command,
+        **fields,
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def export(dest: Path, vae: AutoencoderKL, unet: UNetModel, text: CLIPTextModel, motion: MotionModules, meta: dict):
     """Write the shipped files (fp16 safetensors in the original layouts) and a manifest with their SHA-256."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -744,7 +765,7 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
     from models.loading import load_motion_module, load_sd15
 
     unet, vae, text = load_sd15(args.from_checkpoint)
-    base = {"path": args.from_checkpoint.name, "sha256": sha256(args.from_checkpoint)}
+    base = file_record(args.from_checkpoint)
     beside = args.from_checkpoint.with_name("manifest.json")  # a shipped checkpoint's provenance, when it is there
     if beside.is_file():
         known = json.loads(beside.read_text())
@@ -759,31 +780,25 @@ def motion_for_checkpoint(args, log, tok: CLIPTokenizer, command: str) -> int:
     stages, note, extra = {}, {"unet": base["sha256"][:12]}, {}
     if args.frame0:  # a new UNet: the exported checkpoint then differs from the one read in its UNet weights
         unet = train_frame0(args.out, args, log, pool, tok, text, unet)
-        stages["frame0"] = json.loads((args.out / "frame0.done").read_text())
+        stages["frame0"] = done_record(args.out, "frame0")
         note["unet"] += " + frame0"
     if args.motion_module is not None:
         motion = load_motion_module(args.motion_module, dtype=torch.float32)
-        extra["motion_module"] = {"path": args.motion_module.name, "sha256": sha256(args.motion_module)}
+        extra["motion_module"] = file_record(args.motion_module)
     else:
         init = None
         if args.motion_init is not None:
             init = load_motion_module(args.motion_init, dtype=torch.float32)
-            extra["motion_init"] = {"path": args.motion_init.name, "sha256": sha256(args.motion_init)}
+            extra["motion_init"] = file_record(args.motion_init)
         motion = train_motion(args.out, args, log, pool, tok, unet, text, note, init)
-        stages["motion"] = json.loads((args.out / "motion.done").read_text())
+        stages["motion"] = done_record(args.out, "motion")
     if args.detail:
         unet = train_detail(args.out, args, log, pool, tok, text, unet)
-        stages["detail"] = json.loads((args.out / "detail.done").read_text())
-    meta = {
-        "trained_by": command,
-        "base_checkpoint": base,
-        **extra,
-        "stages": stages,
-        "latent_pool": json.loads((args.out / "latents.done").read_text()),  # encoded with this checkpoint's VAE
-        "device": "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+        stages["detail"] = done_record(args.out, "detail")
+    # the latent pool was encoded with this checkpoint's VAE
+    meta = provenance(
+        command, base_checkpoint=base, **extra, stages=stages, latent_pool=done_record(args.out, "latents")
+    )
     export(args.dest, vae, unet, text, motion, meta)
     return 0
 
@@ -907,14 +922,8 @@ def main(argv: list[str] | None = None) -> int:
         unet = train_detail(args.out, args, log, pool, tok, text, unet)
     vae = train_decoder(args.out, args, log, vae)
     if all((args.out / f"{s}.done").exists() for s in STAGES) or args.export_only:
-        meta = {
-            "trained_by": command,
-            "stages": {s: json.loads((args.out / f"{s}.done").read_text()) for s in STAGES},
-            "latent_pool": json.loads((args.out / "latents.done").read_text()),
-            "device": "cpu",
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        }
+        stages = {s: done_record(args.out, s) for s in STAGES}
+        meta = provenance(command, stages=stages, latent_pool=done_record(args.out, "latents"))
         export(args.dest, vae, unet, text, motion, meta)
     if run is not None:
         run.finish()
