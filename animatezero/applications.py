@@ -15,7 +15,7 @@ from animatezero.checks import MIN_SIZE, check_finite, check_size
 from animatezero.controls import Controls
 from animatezero.io import check_image_size, load_image
 from animatezero.results import ImageResult, VideoResult, psnr
-from models.ddim import ddim_invert
+from models.samplers import check_invertible, invert
 
 
 class Applications:
@@ -69,6 +69,7 @@ class Applications:
             seed=seed,
             sliding_windows=sliding_windows,
             callback=callback,
+            sampler=image.info.get("sampler"),
         )
 
     def candidates(self, prompt: str, seeds: list[int], **kwargs) -> list[ImageResult]:
@@ -85,16 +86,22 @@ class Applications:
         guidance_scale: float | None = None,
         negative_prompt: str = "",
         image: Tensor | None = None,
+        sampler: str | None = None,
     ) -> ImageResult:
-        """DDIM inversion of a clean latent ``[1, 4, h, w]`` along this pipeline's timesteps (conditional branch only,
+        """DDIM inversion of a clean latent ``[1, 4, h, w]`` along the sampler's timesteps (conditional branch only,
         as usual for inversion), giving a trajectory that :meth:`animate` consumes. ``guidance_scale`` is the one the
-        animation will use."""
+        animation will use. ``sampler``: "ddim" or "euler" (default: the model's); a stochastic sampler (LCM) is
+        refused before any work (:func:`models.samplers.check_invertible`)."""
+        sampler = self.sampler_for(sampler)
+        check_invertible(sampler)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         latent = latent.to(self.device, self.dtype)
         cond = self.encode_prompt(prompt)
         with self.runner.using(self.unet):
-            trajectory = ddim_invert(lambda x, t: self.runner(x, t, cond), latent, self.schedule, steps)
-        return self._image_result(trajectory, steps, prompt, negative_prompt, guidance_scale, None, image=image)
+            trajectory = invert(lambda x, t: self.runner(x, t, cond), latent, sampler, steps)
+        return self._image_result(
+            trajectory, steps, prompt, negative_prompt, guidance_scale, None, image=image, sampler=sampler
+        )
 
     @torch.inference_mode()
     def invert_image(
@@ -107,10 +114,12 @@ class Applications:
         steps: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str = "",
+        sampler: str | None = None,
     ) -> ImageResult:
         """Real-image animation, step 1: fit the image to the model's grid (:func:`fit_image`), VAE-encode it and
         DDIM-invert it. ``result.image`` is the VAE reconstruction (what frame 0 will show);
         ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
+        check_invertible(self.sampler_for(sampler))  # before the image is read
         size = (height, width) if height is not None and width is not None else None
         pixels = load_image(image, size) if not isinstance(image, Tensor) else image.float()
         check_finite(pixels, "the image's pixels")
@@ -118,7 +127,7 @@ class Applications:
         with self.runner.using(self.vae):
             latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
         result = self.invert_latent(
-            latent, prompt, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt
+            latent, prompt, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt, sampler=sampler
         )
         result.info.update(
             psnr_db=psnr(result.image, pixels), source=str(image) if not isinstance(image, Tensor) else "tensor"
@@ -139,7 +148,9 @@ class Applications:
         seed: int | None = None,
     ) -> VideoResult:
         """A longer clip: the last frame of ``video`` (its latent, DDIM-inverted) is animated into a new clip that is
-        appended without repeating the shared frame, so the join is seamless."""
+        appended without repeating the shared frame, so the join is seamless. Needs an invertible sampler (the
+        model's: DDIM or Euler; refused up front under LCM)."""
+        check_invertible(self.sampler_for(None))
         prompt = video.prompt if prompt is None else prompt
         last = self.invert_latent(
             video.latents[:, :, -1],

@@ -1,4 +1,5 @@
-"""AnimateZero's step 2 as one loop (paper Sec. 4, Fig. 3): for every DDIM step of the video,
+"""AnimateZero's step 2 as one loop (paper Sec. 4, Fig. 3): for every sampling step of the video (DDIM, LCM or
+Euler, :mod:`models.samplers`; the image and the video use the same sampler on the same timesteps),
 
 1. *record* (lockstep only): the image's step ``i`` runs first, with the spatial self-attention layers recording its
    keys/values, and makes the image latent that the next step inserts;
@@ -6,7 +7,8 @@
 3. *share and window*: the video UNet denoises under the installed processors, which share the anchors' keys/values
    in the spatial self-attention (Sec. 4.1) and restrict the motion modules' temporal attention to windows anchored
    at the first frame (temporal consistency control, Sec. 4.2);
-4. the DDIM update (:func:`models.ddim.ddim_step`).
+4. the sampler's update (:meth:`models.samplers.Sampler.step`; a stochastic sampler's noise comes from the video's
+   own generator, the image's from the image's, so lockstep and the two-step path draw the same streams).
 
 Without lockstep the anchors' latents and keys/values come from their stored step-1 results. Which processors go
 where follows the :class:`animatezero.controls.Controls` (:func:`spatial_processors`, :func:`temporal_processors`);
@@ -25,9 +27,10 @@ from animatezero.controls import Controls, steps_in_range
 from animatezero.hooks import installed, spatial_self_attention_layers, temporal_attention_layers
 from animatezero.processors import Anchor, FramePatternAttention, KVBank, RecordKV, SharedFirstFrameKV, StepState
 from animatezero.windows import FramePattern, anchored_sliding_pattern, bidirectional_window_pattern, window_pattern
-from models.ddim import DDIMSchedule, Denoiser, StepInfo, ddim_step
+from models.ddim import Denoiser, StepInfo
 from models.guidance import cfg_denoiser
 from models.runner import UNetRunner
+from models.samplers import Sampler
 
 
 def recorders(unet: nn.Module, bank: KVBank | None, state: StepState) -> dict:
@@ -152,6 +155,7 @@ class LockstepImage:
     recorders: dict  # spatial self-attention layer -> RecordKV (cached K/V) or None (plain attention)
     trajectory: list[Tensor]
     bank: KVBank | None
+    generator: torch.Generator | None = None  # the image's per-step noise (stochastic samplers)
 
 
 def share_initial_noise(x: Tensor, anchors: Sequence[AnchorFrame], share: float) -> Tensor:
@@ -169,7 +173,7 @@ def share_initial_noise(x: Tensor, anchors: Sequence[AnchorFrame], share: float)
 
 def sample_video(
     runner: UNetRunner,
-    schedule: DDIMSchedule,
+    sampler: Sampler,
     x: Tensor,
     cond: Tensor,
     uncond: Tensor,
@@ -179,13 +183,15 @@ def sample_video(
     anchors: list[AnchorFrame],
     *,
     image: LockstepImage | None = None,
+    generator: torch.Generator | None = None,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> Tensor:
-    """DDIM over video latents ``x [1, 4, f, h, w]`` under ``controls``; returns the final latents. ``callback`` sees
-    every video step's :class:`models.ddim.StepInfo`."""
+    """``sampler`` over video latents ``x [1, 4, f, h, w]`` under ``controls``; returns the final latents.
+    ``generator``: the video's per-step noise (stochastic samplers). ``callback`` sees every video step's
+    :class:`models.ddim.StepInfo`."""
     unet, motion = runner.unet, runner.motion
     num_frames = x.shape[2]
-    timesteps = schedule.timesteps(steps)
+    timesteps = sampler.timesteps(steps)
     state = StepState()
     if cond.ndim == 4 and uncond.ndim == 3:  # per-frame prompts: the negative prompt is the same for all frames
         uncond = uncond[:, None].expand(-1, num_frames, -1, -1)
@@ -204,7 +210,7 @@ def sample_video(
         dtype=x.dtype,
     )
     denoise = stepped_denoiser(runner, cond, uncond, guidance_scale, state)
-    x = share_initial_noise(x, anchors, controls.noise_share)
+    x = share_initial_noise(sampler.start(x, steps), anchors, controls.noise_share)
 
     def insert_anchors(x: Tensor, i: int) -> Tensor:
         x = x.clone()
@@ -214,18 +220,18 @@ def sample_video(
 
     with runner.using(unet, motion), installed(unet, sp), installed(motion, tp):
         for i, t in enumerate(timesteps):
-            t_prev = schedule.previous(t, steps)
-            a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+            t_prev = sampler.previous(i, timesteps)
             if image is not None:  # 1. the image's step i, recording its keys/values over the video's processors
                 if image.bank is not None:
                     image.bank.entries.clear()  # the previous step's keys/values are no longer needed
                 with installed(unet, image.recorders):
                     eps = image.denoise(image.trajectory[i], t)
-                image.trajectory.append(ddim_step(image.trajectory[i], eps, a_t, a_prev)[0])
+                z = image.trajectory[i]
+                image.trajectory.append(sampler.step(z, eps, t, t_prev, sampler.draw_noise(z, i, steps, image.generator))[0])
             if t in insert_at:  # 2. the anchors' latents at this step
                 x = insert_anchors(x, i)
             eps = denoise(x, t)  # 3. the video UNet, sharing keys/values and windowing temporal attention
-            x_prev, x0 = ddim_step(x, eps, a_t, a_prev)  # 4. DDIM
+            x_prev, x0 = sampler.step(x, eps, t, t_prev, sampler.draw_noise(x, i, steps, generator))  # 4. update
             if callback is not None:
                 callback(StepInfo(i=i, t=t, t_prev=t_prev, x=x, eps=eps, x0=x0, x_prev=x_prev))
             x = x_prev

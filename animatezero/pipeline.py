@@ -24,8 +24,9 @@ from animatezero.method import AnchorFrame, LockstepImage, recorders, sample_vid
 from animatezero.processors import KVBank, StepState
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult, psnr
-from models.ddim import DDIMSchedule, ddim_sample
+from models.ddim import DDIMSchedule
 from models.runner import UNetRunner
+from models.samplers import Sampler, get_sampler, sample
 
 __all__ = ["AnimateZeroPipeline", "NonFiniteError", "default_cache_dir", "new_seed"]
 
@@ -40,7 +41,8 @@ class AnimateZeroPipeline(Applications):
     """SD1.5 + AnimateDiff with AnimateZero's controls.
 
     Attributes ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``motion_module`` are the hand-written modules
-    from ``models/``; ``schedule`` is AnimateDiff's DDIM schedule (used for both steps so their latents line up);
+    from ``models/``; ``schedule`` is AnimateDiff's noise schedule, which every sampler (:mod:`models.samplers`: DDIM,
+    LCM, Euler) steps through; both steps use the same sampler and timesteps so their latents line up;
     ``runner`` (:class:`models.runner.UNetRunner`) runs the UNet and places the networks. ``progress`` (default True):
     show a tqdm bar over the sampling steps of every call; ``pipe.progress = False`` turns it off (a ``callback=`` per
     step is called either way).
@@ -52,7 +54,7 @@ class AnimateZeroPipeline(Applications):
         self, unet, vae, text_encoder, tokenizer, motion_module=None, *, schedule: DDIMSchedule | None = None,
         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, vae_chunk_size: int | None = 8,
         offload: bool = False, compile: bool | str | dict = False, compile_cache_dir: str | os.PathLike | None = None,
-        default_size: tuple[int, int] = (512, 512), default_sampling: tuple[int, float] = (25, 7.5),
+        default_size: tuple[int, int] = (512, 512), default_sampling: tuple = (25, 7.5),
     ):  # fmt: skip
         """``vae_chunk_size``: frames decoded at once (bounds the decode's memory). ``offload``: keep every network in
         CPU memory and move it to the device only while it runs (lower peak memory, slower). ``compile``:
@@ -60,7 +62,8 @@ class AnimateZeroPipeline(Applications):
         ``"max-autotune"``) or a dict of ``torch.compile`` options. The first call of each shape (image, video) pays
         the compilation; Inductor caches the result in ``compile_cache_dir`` (default ``$ANIMATEZERO_CACHE/torch_compile``,
         i.e. ``~/.cache/animatezero/torch_compile``; a set ``TORCHINDUCTOR_CACHE_DIR`` wins), so later processes
-        compile much faster. See :mod:`models.compile`."""
+        compile much faster. See :mod:`models.compile`. ``default_sampling``: the model's ``(steps, guidance)`` or
+        ``(steps, guidance, sampler)`` (sampler "ddim" when not given; AnimateLCM brings "lcm", Lightning "euler")."""
         cache_dir = (compile_cache_dir or default_cache_dir() / "torch_compile") if compile else None
         self.runner = UNetRunner(
             unet, motion_module, device=device, offload=offload, compile=compile, cache_dir=cache_dir,
@@ -71,7 +74,10 @@ class AnimateZeroPipeline(Applications):
         self.schedule = schedule or DDIMSchedule()
         self.dtype, self.vae_chunk_size = dtype, vae_chunk_size
         self.default_size = (int(default_size[0]), int(default_size[1]))  # (height, width) when a call gives none
-        self.default_sampling = (int(default_sampling[0]), float(default_sampling[1]))  # (steps, guidance), likewise
+        sampler_name = str(default_sampling[2]) if len(default_sampling) > 2 else "ddim"
+        get_sampler(sampler_name)  # an unknown name fails here, naming the choices
+        # (steps, guidance, sampler), likewise
+        self.default_sampling = (int(default_sampling[0]), float(default_sampling[1]), sampler_name)
         for m in self._networks():
             m.to(self.runner.home, dtype).eval().requires_grad_(False)
 
@@ -139,6 +145,26 @@ class AnimateZeroPipeline(Applications):
         checks.check_sampling(steps, guidance_scale)
         return steps, guidance_scale
 
+    def sampler_for(self, name: str | Sampler | None = None) -> Sampler:
+        """The sampler called ``name`` ("ddim", "lcm", "euler") over this pipeline's schedule; None: the model's
+        (``default_sampling[2]``)."""
+        return get_sampler(self.default_sampling[2] if name is None else name, self.schedule)
+
+    def step_noise(
+        self, sampler: Sampler, seed: int | None, shape: tuple[int, ...], drew_latents: bool
+    ) -> tuple[torch.Generator | None, int | None]:
+        """The per-step noise generator of one trajectory, and the seed it used: None for a deterministic sampler.
+        Otherwise a CPU generator seeded with ``seed`` (a fresh seed when none was given) that continues after the
+        initial latents it drew (``drew_latents``), as diffusers' pipelines draw both from one generator. Each
+        trajectory (an image, a video) has its own, so lockstep and the two-step path draw the same noise."""
+        if not sampler.stochastic:
+            return None, seed
+        seed = new_seed() if seed is None else seed
+        g = torch.Generator("cpu").manual_seed(seed)
+        if drew_latents:  # replay the initial draw of :meth:`noise` (a few hundred kB)
+            torch.randn(shape, generator=g, dtype=torch.float32)
+        return g, seed
+
     # building blocks ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_prompt(self, prompt: str | list[str]) -> Tensor:
@@ -182,15 +208,20 @@ class AnimateZeroPipeline(Applications):
             )
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
-    def _image_result(self, trajectory, steps, prompt, negative_prompt, guidance_scale, seed, image=None, **info):
-        """The one builder of :class:`ImageResult`: ``trajectory`` ends with z_0; ``image`` defaults to its decode."""
+    def _image_result(
+        self, trajectory, steps, prompt, negative_prompt, guidance_scale, seed, image=None, sampler=None, **info
+    ):
+        """The one builder of :class:`ImageResult`: ``trajectory`` ends with z_0; ``image`` defaults to its decode;
+        ``info["sampler"]`` names the sampler (default: the model's) that made the trajectory."""
+        sampler = self.sampler_for(sampler)
+        info["sampler"] = sampler.name
         z0 = trajectory[-1]
         image = image if image is not None else self.decode(z0)[0]
         return ImageResult(
             image=image.cpu(),
             latent=z0,
             trajectory=trajectory,
-            timesteps=self.schedule.timesteps(steps),
+            timesteps=sampler.timesteps(steps),
             prompt=prompt,
             negative_prompt=negative_prompt,
             guidance_scale=guidance_scale,
@@ -208,14 +239,18 @@ class AnimateZeroPipeline(Applications):
     def text_to_image(
         self, prompt: str, *, negative_prompt: str = "", height: int | None = None, width: int | None = None,
         steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None, latents: Tensor | None = None,
-        record_kv: bool = False, callback=None,
+        record_kv: bool = False, callback=None, sampler: str | None = None,
     ) -> ImageResult:  # fmt: skip
-        """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
+        """Step 1: text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
         ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
-        sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
+        sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods.
+        ``sampler``: "ddim", "lcm" or "euler" (default: the model's, ``default_sampling``)."""
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
-        x, seed = self._start(latents, (1, 4, height // 8, width // 8), seed)
+        sampler = self.sampler_for(sampler)
+        shape = (1, 4, height // 8, width // 8)
+        x, seed = self._start(latents, shape, seed)
+        generator, seed = self.step_noise(sampler, seed, shape, drew_latents=latents is None)
         state, bank = StepState(), KVBank() if record_kv else None
         recording = recorders(self.unet, bank, state) if bank is not None else {}
         trajectory: list[Tensor] = []
@@ -230,9 +265,11 @@ class AnimateZeroPipeline(Applications):
                     step(s)
 
             with installed(self.unet, recording):
-                z0 = ddim_sample(denoise, x, self.schedule, steps, callback=record)
+                z0 = sample(denoise, x, sampler, steps, generator=generator, callback=record)
         info = {"kv_bank_bytes": bank.nbytes} if bank is not None else {}
-        image = self._image_result([*trajectory, z0], steps, prompt, negative_prompt, guidance_scale, seed, **info)
+        image = self._image_result(
+            [*trajectory, z0], steps, prompt, negative_prompt, guidance_scale, seed, sampler=sampler, **info
+        )
         image.kv_bank = bank
         return image
 
@@ -270,26 +307,36 @@ class AnimateZeroPipeline(Applications):
         alpha = torch.linspace(0, 1, num_frames, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
         return torch.lerp(start[:, None], self.encode_prompt(end_prompt)[:, None], alpha)  # [1, f, 77, d]
 
-    def _sample_video(self, x, cond, uncond, guidance_scale, steps, controls, anchors, callback, image=None) -> Tensor:
+    def _sample_video(
+        self, x, cond, uncond, guidance_scale, steps, controls, anchors, callback, image=None, sampler=None,
+        generator=None,
+    ) -> Tensor:  # fmt: skip
         with step_bar(steps, "video", callback, self.progress) as step:
             args = (x, cond, uncond, guidance_scale, steps, controls, anchors)
-            return sample_video(self.runner, self.schedule, *args, image=image, callback=step)
+            sampler = self.sampler_for(sampler)
+            return sample_video(self.runner, sampler, *args, image=image, generator=generator, callback=step)
 
     @torch.inference_mode()
     def text_to_video(
         self, prompt: str, *, num_frames: int = 16, negative_prompt: str = "", height: int | None = None,
         width: int | None = None, steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None,
-        latents: Tensor | None = None, sliding_windows: bool = False, callback=None,
+        latents: Tensor | None = None, sliding_windows: bool = False, callback=None, sampler: str | None = None,
     ) -> VideoResult:  # fmt: skip
         """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention.
-        ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
+        ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows).
+        ``sampler``: "ddim", "lcm" or "euler" (default: the model's)."""
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
-        x, seed = self._start(latents, (1, 4, num_frames, height // 8, width // 8), seed)
+        sampler = self.sampler_for(sampler)
+        shape = (1, 4, num_frames, height // 8, width // 8)
+        x, seed = self._start(latents, shape, seed)
+        generator, seed = self.step_noise(sampler, seed, shape, drew_latents=latents is None)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, steps, controls, [], callback)
+        z0 = self._sample_video(
+            x, cond, uncond, guidance_scale, steps, controls, [], callback, sampler=sampler, generator=generator
+        )
         return self._video_result(z0, prompt, seed)
 
     def _animate(
@@ -303,10 +350,16 @@ class AnimateZeroPipeline(Applications):
         first = anchors[0][1]
         guidance_scale = first.guidance_scale if guidance_scale is None else guidance_scale
         cached = controls.share_kv and controls.kv_source == "cached"
-        checks.check_anchors([image for _, image in anchors], self.schedule, guidance_scale, cached)
+        names = {image.info.get("sampler", "ddim") for _, image in anchors}  # the images' sampler, retraced
+        if len(names) > 1:
+            raise ValueError(f"anchor images were made with different samplers {sorted(names)}; make them with one")
+        sampler = self.sampler_for(names.pop())
+        checks.check_anchors([image for _, image in anchors], sampler, guidance_scale, cached)
         prompt = first.prompt if prompt is None else prompt
         negative_prompt = first.negative_prompt if negative_prompt is None else negative_prompt
-        x, seed = self._start(latents, (1, 4, num_frames, *first.latent.shape[-2:]), seed)
+        shape = (1, 4, num_frames, *first.latent.shape[-2:])
+        x, seed = self._start(latents, shape, seed)
+        generator, seed = self.step_noise(sampler, seed, shape, drew_latents=latents is None)
         cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
         frames = [
             AnchorFrame(
@@ -314,7 +367,10 @@ class AnimateZeroPipeline(Applications):
             )
             for f, im in anchors
         ]
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, first.steps, controls, frames, callback)
+        z0 = self._sample_video(
+            x, cond, uncond, guidance_scale, first.steps, controls, frames, callback, sampler=sampler,
+            generator=generator,
+        )  # fmt: skip
         video = self._video_result(z0, prompt, seed)
         for frame, image in anchors:  # how exactly each anchor frame came out (the paper's promise)
             video.info[f"frame{frame}_psnr_db"] = psnr(video.frames[frame], image.image)
@@ -331,7 +387,7 @@ class AnimateZeroPipeline(Applications):
 
         ``prompt=None`` reuses the image's prompt; another prompt steers the motion. ``end_prompt`` interpolates the
         text embedding from ``prompt`` (frame 0) to ``end_prompt`` (last frame). Sampling uses the image's steps (the
-        trajectories must line up), guidance scale and negative prompt unless given.
+        trajectories must line up), sampler, guidance scale and negative prompt unless given.
         """
         args = (controls, num_frames, seed, latents, negative_prompt, guidance_scale, end_prompt, callback)
         return self._animate([(0, image)], prompt, *args)
@@ -341,18 +397,22 @@ class AnimateZeroPipeline(Applications):
         self, prompt: str, *, negative_prompt: str = "", height: int | None = None, width: int | None = None,
         steps: int | None = None, guidance_scale: float | None = None, seed: int | None = None, num_frames: int = 16,
         controls: Controls | None = None, image_latents: Tensor | None = None, video_latents: Tensor | None = None,
-        callback=None,
+        callback=None, sampler: str | None = None,
     ) -> tuple[ImageResult, VideoResult]:  # fmt: skip
         """Step 1 and step 2 in lockstep: image step i runs just before video step i, so the keys/values of only one
         step are ever held (instead of every step's), with results identical to :meth:`text_to_image` with
-        ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
+        ``record_kv`` followed by :meth:`animate` (tested bit for bit, under every sampler). Image and video noise
+        (initial and, for a stochastic sampler, per step) come from ``seed``, each from its own generator."""
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
+        sampler = self.sampler_for(sampler)
         controls = controls if controls is not None else Controls.paper()
         h, w = height // 8, width // 8
         z, seed = self._start(image_latents, (1, 4, h, w), seed)
         x, seed = self._start(video_latents, (1, 4, num_frames, h, w), seed)
+        image_noise, seed = self.step_noise(sampler, seed, (1, 4, h, w), drew_latents=image_latents is None)
+        video_noise, _ = self.step_noise(sampler, seed, (1, 4, num_frames, h, w), video_latents is None)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         state = StepState()
         bank = KVBank() if controls.share_kv and controls.kv_source == "cached" else None
@@ -361,14 +421,18 @@ class AnimateZeroPipeline(Applications):
         image = LockstepImage(
             stepped_denoiser(self.runner, cond, uncond, guidance_scale, state),
             recorders(self.unet, bank, state),
-            [z],
+            [sampler.start(z, steps)],
             bank,
+            image_noise,
         )
+        anchors = [AnchorFrame(0, image.trajectory, bank)]
         z0 = self._sample_video(
-            x, cond, uncond, guidance_scale, steps, controls, [AnchorFrame(0, image.trajectory, bank)], callback, image
+            x, cond, uncond, guidance_scale, steps, controls, anchors, callback, image, sampler, video_noise
         )
         info = {"lockstep": True} | ({"kv_bank_bytes": bank.nbytes} if bank is not None else {})  # one step's worth
-        result = self._image_result(image.trajectory, steps, prompt, negative_prompt, guidance_scale, seed, **info)
+        result = self._image_result(
+            image.trajectory, steps, prompt, negative_prompt, guidance_scale, seed, sampler=sampler, **info
+        )
         video = self._video_result(z0, prompt, seed)
         video.info["frame0_psnr_db"] = psnr(video.frames[0], result.image)
         return result, video
