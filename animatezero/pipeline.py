@@ -102,10 +102,17 @@ class AnimateZeroPipeline(Applications):
         motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0, **kwargs,
     ) -> AnimateZeroPipeline:  # fmt: skip
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
-        references ``org/repo/file`` (downloaded on first use)."""
+        references ``org/repo/file`` (downloaded on first use). A few-step motion module (AnimateLCM, AnimateDiff-
+        Lightning; :func:`models.families.few_step_family`) brings its sampler, steps and guidance as the model's
+        ``default_sampling`` unless one is passed."""
         from animatezero.hub import resolve_all
+        from models.families import few_step_family
         from models.loading import load_motion_lora, load_motion_module, load_sd15
         from models.tokenizer import CLIPTokenizer
+
+        few_step = few_step_family(str(motion_module)) if motion_module is not None else None
+        if few_step is not None:
+            kwargs.setdefault("default_sampling", few_step[1])
 
         # every file found first (offline: one error naming all that are missing), then loaded
         files = resolve_all({"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora})

@@ -82,6 +82,33 @@ def detect_motion_version(sd: Mapping[str, Any]) -> tuple[int | None, int | None
     return {24: 1, 32: 3}.get(pe_len), pe_len
 
 
+def detect_motion_layout(sd: Mapping[str, Any]) -> str:
+    """How motion-module keys are named: "diffusers" (a ``MotionAdapter`` file: ``motion_modules.{j}.`` followed
+    directly by ``norm``/``proj_in``/``transformer_blocks``, e.g. AnimateDiff-Lightning's ``*_diffusers`` files) or
+    "animatediff" (the original ``motion_modules.{j}.temporal_transformer.`` layout of every other release)."""
+    diffusers = re.compile(r"motion_modules\.\d+\.(?:norm|proj_in|proj_out|transformer_blocks)\.")
+    return "diffusers" if any(diffusers.search(k) for k in sd) else "animatediff"
+
+
+# Few-step motion modules, told apart by their released file names (their keys are AnimateDiff's: AnimateLCM's file is
+# a v2/v3-shaped module without pos_encoder tables, Lightning's are distilled v2 modules), with their authors' sampling
+# recipe (docs/fewstep.md §2): (steps, guidance, sampler).
+_LIGHTNING = re.compile(r"animatediff_lightning_(\d+)step", re.IGNORECASE)
+ANIMATELCM_SAMPLING = (6, 2.0, "lcm")  # AnimateLCM's README: 6 steps (4-8 work), guidance 2, LCM (linear betas)
+
+
+def few_step_family(name: str) -> tuple[str, tuple[int, float, str]] | None:
+    """``("animatelcm" | "lightning", (steps, guidance, sampler))`` for a few-step motion-module file name, else
+    None. Lightning's ``animatediff_lightning_{n}step_*`` files want n Euler steps (trailing spacing) at guidance 1;
+    AnimateLCM's ``AnimateLCM_*`` want LCM (6 steps, guidance 2; with its spatial LoRA at 0.8)."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    if m := _LIGHTNING.search(base):
+        return "lightning", (int(m[1]), 1.0, "euler")
+    if "animatelcm" in base.lower():
+        return "animatelcm", ANIMATELCM_SAMPLING
+    return None
+
+
 def _top_prefixes(keys: Iterable[str], n: int = 6) -> str:
     counts = Counter(".".join(k.split(".")[:2]) for k in keys)
     return ", ".join(f"{p}.* ({c})" for p, c in counts.most_common(n))

@@ -33,8 +33,10 @@ from models.families import (
     UNET_PREFIX,
     VAE_PREFIX,
     detect_family,
+    detect_motion_layout,
     detect_motion_version,
     family_advice,
+    few_step_family,
     motion_keys,
 )
 from models.readers import CheckpointError, KeyMismatchError, WrongFamilyError, read_state_dict
@@ -370,15 +372,19 @@ def load_motion_module(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """Load an AnimateDiff motion-module file (v1 ``mm_sd_v14/15``, v2 ``mm_sd_v15_v2``, v3 ``v3_sd15_mm``).
+    """Load an AnimateDiff motion-module file (v1 ``mm_sd_v14/15``, v2 ``mm_sd_v15_v2``, v3 ``v3_sd15_mm``, and the
+    few-step ones: AnimateLCM's ``AnimateLCM_sd15_t2v.ckpt``, AnimateDiff-Lightning's ``*_comfyui`` files), or the same
+    modules in diffusers' ``MotionAdapter`` naming (Lightning's ``*_diffusers`` files; mapped by
+    :func:`models.motion_module.diffusers_motion_key`).
 
     Version: a ``mid_block.motion_modules`` key means v2; otherwise the stored ``pe`` length 24 means v1 and 32 v3.
     A file without any ``pe`` (re-saved after AnimateDiff stopped reading it) cannot tell v1 from v3: it is loaded as
     v3 (32 positions) with a warning unless ``version=`` says otherwise. A stored ``pe`` must equal the sinusoid
-    formula (it is then dropped and recomputed). ``unet_config`` (or a UNet's ``.config``) is checked against the
-    module widths.
+    formula (it is then dropped and recomputed). AnimateLCM's file stores no ``pe`` either; named ``AnimateLCM*`` it
+    loads without the warning (v2 with a mid block, else v3-shaped, 32 positions). ``unet_config`` (or a UNet's
+    ``.config``) is checked against the module widths.
     """
-    from models.motion_module import MotionModules
+    from models.motion_module import MotionModules, diffusers_motion_key
 
     sd = read_state_dict(path)
     family = detect_family(sd)
@@ -388,10 +394,21 @@ def load_motion_module(
         )
     mm = motion_keys(sd)
     del sd
+    if detect_motion_layout(mm) == "diffusers":
+        renamed = {k: diffusers_motion_key(k) for k in mm}
+        unknown = [k for k, new in renamed.items() if new is None]
+        if unknown:
+            raise KeyMismatchError(
+                f"{path} looks like a diffusers MotionAdapter file, but these keys are not MotionAdapter motion-module "
+                f"keys:\n" + key_diff([], unknown) + "\nPass an AnimateDiff motion module or a MotionAdapter file"
+            )
+        mm = {renamed[k]: v for k, v in mm.items()}
     found, pe_len = detect_motion_version(mm)
+    family = few_step_family(str(path))
     if version is None:
         if found is None and pe_len is None:
             found = 3
+        if found == 3 and pe_len is None and (family is None or family[0] != "animatelcm"):
             warnings.warn(
                 f"{path} stores no pos_encoder.pe, so v1 and v3 cannot be told apart; loading it as v3 (32 positions). "
                 f"Pass version=1 for an mm_sd_v14/v15 file",

@@ -289,6 +289,30 @@ def motion_layout(cfg: MotionConfig = MOTION_V2, *, pe: bool = True) -> Layout:
     return out
 
 
+def diffusers_motion_layout(cfg: MotionConfig = MOTION_V2, *, pe: bool = True) -> Layout:
+    """Keys of a diffusers ``MotionAdapter`` file (AnimateDiff-Lightning's ``*_diffusers.safetensors``;
+    docs/fewstep.md §2): per module ``{block}.motion_modules.{j}.`` + ``norm``, ``proj_in``, ``transformer_blocks.0.``
+    {``norm1``, ``attn1``, ``norm2``, ``attn2``, ``norm3``, ``ff``, ``pos_embed.pe`` (one ``[1, max_positions, C]``
+    table per block, with ``pe``)}, ``proj_out``. Written from diffusers' naming, not from our key map."""
+    out: Layout = {}
+    for p, c in motion_module_prefixes(cfg):
+        b = p + "transformer_blocks.0."
+        _norm(out, p + "norm.", c)
+        _lin(out, p + "proj_in.", c, c)
+        if pe:
+            out[b + "pos_embed.pe"] = (1, cfg.max_positions, c)
+        for a in (1, 2):
+            _norm(out, b + f"norm{a}.", c)
+            for n in ("to_q", "to_k", "to_v"):
+                _lin(out, b + f"attn{a}.{n}.", c, c, bias=False)
+            _lin(out, b + f"attn{a}.to_out.0.", c, c)
+        _norm(out, b + "norm3.", c)
+        _lin(out, b + "ff.net.0.proj.", 8 * c, c)
+        _lin(out, b + "ff.net.2.", c, 4 * c)
+        _lin(out, p + "proj_out.", c, c)
+    return out
+
+
 def motion_lora_layout(cfg: MotionConfig = MOTION_V2, rank: int = 64) -> Layout:
     """Keys of a MotionLoRA (``v2_lora_*.ckpt``, docs/checkpoints.md §2.6) for the modules of ``cfg``: ``down [r, C]``,
     ``up [C, r]`` per attention projection. On the full v2 tree with r=64: 336 tensors, 19,333,120 params."""
@@ -349,7 +373,7 @@ def random_state_dict(
     out: dict[str, Tensor] = {}
     for key, shape in layout.items():
         shape = tuple(shape)
-        if key.endswith("pos_encoder.pe"):
+        if key.endswith(("pos_encoder.pe", "pos_embed.pe")):  # AnimateDiff's / diffusers' sinusoid tables
             _, length, dim = shape
             out[key] = sinusoidal_positions(torch.arange(length), dim)[None].to(dtype)
         elif key.endswith("position_ids"):
@@ -451,6 +475,21 @@ def write_motion_module(
     """Write a synthetic motion-module file (non-zero ``proj_out``) and return the state dict that was written."""
     sd = random_state_dict(motion_layout(cfg, pe=pe), seed=seed, dtype=dtype)
     save_state_dict(sd, path, wrap_state_dict=wrap_state_dict, extra=extra)
+    return sd
+
+
+def write_diffusers_motion_adapter(
+    path: str | os.PathLike,
+    cfg: MotionConfig = MOTION_V2,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    pe: bool = True,
+) -> dict[str, Tensor]:
+    """Write a synthetic motion-module file in diffusers' ``MotionAdapter`` naming (:func:`diffusers_motion_layout`,
+    as AnimateDiff-Lightning's ``*_diffusers`` files) and return the state dict that was written."""
+    sd = random_state_dict(diffusers_motion_layout(cfg, pe=pe), seed=seed, dtype=dtype)
+    save_state_dict(sd, path)
     return sd
 
 
