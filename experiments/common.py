@@ -77,11 +77,20 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def check_sampler(sampler: DictConfig) -> None:
-    if sampler.name != "ddim":
-        raise ValueError(f"sampler {sampler.name!r} is not supported: the pipeline samples with DDIM")
+def check_sampler(sampler: DictConfig, inverts: str | None = None) -> None:
+    """The sampler group's name and eta; ``inverts`` names the setting that needs an inversion (``image=``,
+    ``extend=``), which a stochastic sampler (LCM) cannot do: refused here, before any work."""
+    from models.samplers import SAMPLERS, check_invertible, get_sampler
+
+    if sampler.name not in SAMPLERS:
+        raise ValueError(f"sampler {sampler.name!r} is not supported: use sampler={' | '.join(SAMPLERS)}")
     if float(sampler.eta) != 0.0:
         raise ValueError(f"sampler.eta={sampler.eta}: the pipeline samples with DDIM eta = 0 only")
+    if inverts is not None:
+        try:
+            check_invertible(get_sampler(sampler.name))
+        except ValueError as e:
+            raise ValueError(f"{inverts} needs an inversion: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------- controls
@@ -238,6 +247,8 @@ def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype
         offload=bool(cfg.model.offload),
         compile=cfg.model.compile,
         compile_cache_dir=cfg.model.get("compile_cache_dir"),
+        # the sampler group's values are the model's defaults (model=animatelcm / lightning set them)
+        default_sampling=(int(cfg.sampler.steps), float(cfg.sampler.guidance_scale), str(cfg.sampler.name)),
     )
     pipe.progress = False
     return pipe

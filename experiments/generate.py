@@ -59,7 +59,8 @@ def generate(cfg: DictConfig) -> Path:
     from experiments.runs import RunRecord, WandbRun, environment, prepare_run_dir
 
     label, controls = common.controls_from_group(cfg.controls)
-    common.check_sampler(cfg.sampler)
+    inverts = "image=" if cfg.image else "extend=" if int(cfg.extend) else None
+    common.check_sampler(cfg.sampler, inverts)
     device = common.pick_device(cfg.model.device)
     dtype = common.pick_dtype(cfg.model.dtype, device)
     files = common.run_files(cfg, cfg.out_dir)
