@@ -37,6 +37,16 @@ compilation) and the first run of a new compiled pipeline on that cache after ``
 process pays), with the cache's hit/miss counts. ``--memory-options`` re-runs both under options that bound memory
 (VAE decode in chunks of 16 / 1, model offload) and reports peak memory and time for each.
 Default size: full on CUDA (512x512, 16 frames, 25 steps, fp16), tiny on CPU (64x64, 4 frames, 2 steps, fp32).
+
+``--few-step`` adds the few-step comparison (docs/fewstep.md §4), ``--few-step-only`` runs only it; its cases run
+interleaved (round r of every case before round r + 1), so a machine whose load drifts affects all alike:
+  step_ddim_guided          one video denoising step: the UNet with guidance ``--guidance`` (2 branches) + DDIM update
+  step_lcm / step_euler     the same step unguided (guidance 1, 1 branch) + the LCM / Euler update
+  animatezero_ddim_{N}      AnimateZero lockstep (generate, Controls.paper()), ``--steps`` DDIM steps, guided
+  animatezero_{lcm,euler}_{n}  the same with ``--few-steps`` (default 4) steps of LCM / Euler, guidance 1
+  animatezero_lcm_{n}_g2    LCM at AnimateLCM's guidance 2 (two branches)
+Ratios: ``step_speedup_*`` = guided DDIM step / unguided few-step step; ``animatezero_speedup_*`` = DDIM run / few-step
+run. The target (one H100/H200, fp16, 512x512, image + 16 frames, 4 LCM steps): AnimateZero <= 0.5 s.
 """
 
 from __future__ import annotations
@@ -133,6 +143,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "quick dry run of this script)",
     )
     p.add_argument("--memory-options", action="store_true", help="also run vae_chunk_size 16 / 1 and offload")
+    p.add_argument("--few-step", action="store_true", help="also compare DDIM with LCM / Euler (interleaved)")
+    p.add_argument("--few-step-only", action="store_true", help="only the few-step comparison")
+    p.add_argument("--few-steps", type=int, default=4, help="steps of the few-step samplers (default 4)")
+    p.add_argument(
+        "--few-step-cases",
+        nargs="+",
+        default=None,
+        help="with --few-step: only these cases (e.g. step_ddim_guided step_lcm animatezero_lcm_4); default: all",
+    )
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' AnimateDiffPipeline")
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic checkpoints (default: ~/.cache/...)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -153,6 +172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--compile-only needs --compile [MODE]")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.few_steps < 1:
+        p.error(f"--few-steps must be >= 1, got {args.few_steps}")
+    args.few_step = args.few_step or args.few_step_only
     return args
 
 
@@ -593,6 +615,101 @@ def environment(args, device: torch.device) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------------------------ few-step
+def few_step_cases(pipe: AnimateZeroPipeline, args, video_latents, image_latents) -> dict[str, Callable[[], Any]]:
+    """The few-step comparison's cases (module docstring), each a zero-argument callable."""
+    from models.guidance import cfg_denoiser
+    from models.samplers import get_sampler
+
+    n = args.few_steps
+    cond = pipe.encode_prompt(PROMPT)
+    uncond = pipe.encode_prompt("")
+    x = video_latents.to(pipe.device, pipe.dtype)
+
+    def one_step(name: str, guidance: float) -> Callable[[], Any]:
+        sampler = get_sampler(name, pipe.schedule)
+        timesteps = sampler.timesteps(n if name != "ddim" else args.steps)
+        t, t_prev = timesteps[0], sampler.previous(0, timesteps)
+        denoise = cfg_denoiser(pipe.runner, cond, uncond, guidance)
+        generator = torch.Generator("cpu").manual_seed(args.seed)
+
+        @torch.inference_mode()
+        def step():
+            with pipe.runner.using(pipe.unet, pipe.motion_module):
+                noise = sampler.draw_noise(x, 0, len(timesteps), generator)
+                return sampler.step(x, denoise(x, t), t, t_prev, noise)[0]
+
+        return step
+
+    def animatezero(name: str, steps: int, guidance: float) -> Callable[[], Any]:
+        kw = dict(height=args.height, width=args.width, steps=steps, guidance_scale=guidance, seed=args.seed)
+        return lambda: pipe.generate(
+            PROMPT, num_frames=args.frames, image_latents=image_latents, video_latents=video_latents, sampler=name, **kw
+        )
+
+    cases = {
+        "step_ddim_guided": one_step("ddim", args.guidance),
+        "step_lcm": one_step("lcm", 1.0),
+        "step_euler": one_step("euler", 1.0),
+        f"animatezero_ddim_{args.steps}": animatezero("ddim", args.steps, args.guidance),
+        f"animatezero_lcm_{n}": animatezero("lcm", n, 1.0),
+        f"animatezero_euler_{n}": animatezero("euler", n, 1.0),
+        f"animatezero_lcm_{n}_g2": animatezero("lcm", n, 2.0),
+    }
+    if args.few_step_cases:
+        unknown = sorted(set(args.few_step_cases) - set(cases))
+        if unknown:
+            raise SystemExit(f"--few-step-cases: unknown {unknown}; the cases are {list(cases)}")
+        cases = {k: v for k, v in cases.items() if k in args.few_step_cases}
+    return cases
+
+
+def few_step_runs(pipe: AnimateZeroPipeline, args, video_latents, image_latents, device, log) -> dict[str, Any]:
+    """The few-step cases, interleaved: ``--warmup`` untimed rounds, then ``--repeats`` timed rounds, each round one
+    run of every case in turn; per case the median, and the speed-ups of the few-step cases over DDIM."""
+    cases = few_step_cases(pipe, args, video_latents, image_latents)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(args.warmup + args.repeats):
+        for name, fn in cases.items():
+            _, elapsed = _one_run(fn, device, [])
+            log(f"[benchmark] few-step round {r} {name}: {elapsed:.3f} s" + (" (warm-up)" if r < args.warmup else ""))
+            if r >= args.warmup:
+                times[name].append(elapsed)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    n, ddim = args.few_steps, f"animatezero_ddim_{args.steps}"
+    ratios = {}
+    for few in ("lcm", "euler"):
+        if "step_ddim_guided" in median and f"step_{few}" in median:
+            ratios[f"step_speedup_{few}"] = median["step_ddim_guided"] / median[f"step_{few}"]
+        if ddim in median and f"animatezero_{few}_{n}" in median:
+            ratios[f"animatezero_speedup_{few}_{n}"] = median[ddim] / median[f"animatezero_{few}_{n}"]
+    target = None
+    lcm = median.get(f"animatezero_lcm_{n}")
+    if device.type == "cuda" and lcm is not None and (args.height, args.width, args.frames, n) == (512, 512, 16, 4):
+        target = {"limit_s": 0.5, "value_s": lcm, "met": lcm <= 0.5}
+    shape = dict(height=args.height, width=args.width, frames=args.frames, steps=args.steps, few_steps=n)
+    return {"shape": shape, "guidance": args.guidance, "times_s": times, "median_s": median, "ratios": ratios,
+            "target_animatezero_lcm_4_le_0_5_s": target}  # fmt: skip
+
+
+def few_step_markdown(fs: dict[str, Any]) -> str:
+    s = fs["shape"]
+    lines = [
+        f"### Few-step samplers ({s['height']}x{s['width']}, {s['frames']} frames; DDIM {s['steps']} steps at "
+        f"guidance {fs['guidance']}, few-step {s['few_steps']} steps)",
+        "",
+        "| case | median s | runs |",
+        "|---|---:|---:|",
+        *[f"| {k} | {_fmt(v)} | {len(fs['times_s'][k])} |" for k, v in fs["median_s"].items()],
+        "",
+        *[f"- {k}: {_fmt(v, 2)}x" for k, v in fs["ratios"].items()],
+    ]
+    if fs["target_animatezero_lcm_4_le_0_5_s"]:
+        t = fs["target_animatezero_lcm_4_le_0_5_s"]
+        lines.append(f"- target AnimateZero + LCM 4 steps <= 0.5 s: {_fmt(t['value_s'])} s, met: {t['met']}")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     device, dtype = torch.device(args.device), oracle.DTYPES[args.dtype]
     if args.threads:
@@ -609,6 +726,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     h, w = args.height // 8, args.width // 8
     video_latents = torch.randn(1, 4, args.frames, h, w, generator=gen)  # [1, 4, f, h, w]
     image_latents = torch.randn(1, 4, h, w, generator=gen)  # [1, 4, h, w]
+    if args.few_step_only:  # only the few-step comparison (no FLOP count, no other runs)
+        fs = few_step_runs(pipe, args, video_latents, image_latents, device, log)
+        if device.type == "cpu":
+            meta["process_rss_peak_gib"] = rss_peak_gib()
+        return {"meta": meta, "few_step": fs, "markdown": few_step_markdown(fs)}
     counts = count_flops(pipe, args.frames, args.height, args.width, guided=args.guidance != 1.0)
     log(f"[benchmark] loaded in {meta['load_s']:.1f} s, FLOPs counted at {time.perf_counter() - start:.1f} s")
 
@@ -668,10 +790,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             },
             *memory_option_runs(pipe, args, video_latents, image_latents, device, dtype),
         ]
+    if args.few_step:
+        report["few_step"] = few_step_runs(pipe, args, video_latents, image_latents, device, log)
     if device.type == "cpu":
         meta["process_rss_peak_gib"] = rss_peak_gib()
         meta["peak_mem_note"] = "CPU: no per-run peak; process_rss_peak_gib is the whole process (loading included)"
-    report["markdown"] = markdown(report)
+    report["markdown"] = markdown(report) + (few_step_markdown(report["few_step"]) if args.few_step else "")
     return report
 
 

@@ -16,6 +16,9 @@ order (the most wanted first, so a slow machine loses the least):
   parity_fp16      ``scripts/parity_full.py --dtypes fp16``: full-size ours vs diffusers, component by component
   bench_eager      ``scripts/benchmark.py``: our text-to-video, AnimateZero (separate and lockstep), diffusers'
                    text-to-video, per-run peak memory (``torch.cuda.max_memory_allocated``)
+  bench_fewstep    ``scripts/benchmark.py --few-step-only``: a guided DDIM step against unguided LCM / Euler steps, and
+                   AnimateZero (image + 16 frames, 512x512, fp16) at 25 DDIM steps against 4 LCM / Euler steps,
+                   interleaved; the target AnimateZero + LCM 4 steps <= 0.5 s (docs/fewstep.md §4)
   bench_compiled   ``scripts/benchmark.py --compile default --compile-only --compile-runs text_to_video``: the
                    compiled text-to-video, its first run on an empty Inductor cache and on a warm cache reported apart
   gpu_tests_compiled  the compiled-equals-eager GPU tests (``compile="default"`` and ``"reduce-overhead"``, tiny)
@@ -175,6 +178,13 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
             needs=("diffusers",),  # without it: run with --no-diffusers (see run_parts)
         ),
         Part(
+            "bench_fewstep",
+            [*python(), bench_py, *bench, "--few-step-only", *cache, "--json", str(work / "bench_fewstep.json")],
+            150,
+            report=work / "bench_fewstep.json",
+            min_s=60,
+        ),
+        Part(
             "bench_compiled",
             [*python(), bench_py, *bench, *compiled, "--compile-only", "--compile-runs", "text_to_video", *cache]
             + ["--json", str(work / "bench_compiled.json")],
@@ -301,7 +311,7 @@ def markdown(summary: dict[str, Any]) -> str:
                     lines.append(
                         f"| {dtype} {comp} | {_fmt(r.get('max_abs'))} | {_fmt(r.get('scale'))} | {_fmt(r.get('rel'))} |"
                     )
-    for name in ("bench_eager", "bench_compiled"):
+    for name in ("bench_eager", "bench_fewstep", "bench_compiled"):
         report = parts.get(name, {}).get("report")
         if report and report.get("markdown"):
             lines += ["", f"### {name}", "", report["markdown"].strip()]
