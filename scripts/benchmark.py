@@ -175,6 +175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.few_steps < 1:
         p.error(f"--few-steps must be >= 1, got {args.few_steps}")
     args.few_step = args.few_step or args.few_step_only
+    unknown = sorted(set(args.few_step_cases or ()) - set(few_step_case_names(args.steps, args.few_steps)))
+    if unknown:  # refused before anything is loaded
+        p.error(f"--few-step-cases: unknown {unknown}; the cases are {few_step_case_names(args.steps, args.few_steps)}")
     return args
 
 
@@ -616,6 +619,11 @@ def environment(args, device: torch.device) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ few-step
+def few_step_case_names(steps: int, n: int) -> list[str]:
+    return ["step_ddim_guided", "step_lcm", "step_euler", f"animatezero_ddim_{steps}", f"animatezero_lcm_{n}",
+            f"animatezero_euler_{n}", f"animatezero_lcm_{n}_g2"]  # fmt: skip
+
+
 def few_step_cases(pipe: AnimateZeroPipeline, args, video_latents, image_latents) -> dict[str, Callable[[], Any]]:
     """The few-step comparison's cases (module docstring), each a zero-argument callable."""
     from models.guidance import cfg_denoiser
@@ -647,21 +655,22 @@ def few_step_cases(pipe: AnimateZeroPipeline, args, video_latents, image_latents
             PROMPT, num_frames=args.frames, image_latents=image_latents, video_latents=video_latents, sampler=name, **kw
         )
 
-    cases = {
-        "step_ddim_guided": one_step("ddim", args.guidance),
-        "step_lcm": one_step("lcm", 1.0),
-        "step_euler": one_step("euler", 1.0),
-        f"animatezero_ddim_{args.steps}": animatezero("ddim", args.steps, args.guidance),
-        f"animatezero_lcm_{n}": animatezero("lcm", n, 1.0),
-        f"animatezero_euler_{n}": animatezero("euler", n, 1.0),
-        f"animatezero_lcm_{n}_g2": animatezero("lcm", n, 2.0),
-    }
-    if args.few_step_cases:
-        unknown = sorted(set(args.few_step_cases) - set(cases))
-        if unknown:
-            raise SystemExit(f"--few-step-cases: unknown {unknown}; the cases are {list(cases)}")
-        cases = {k: v for k, v in cases.items() if k in args.few_step_cases}
-    return cases
+    cases = dict(
+        zip(
+            few_step_case_names(args.steps, n),
+            [
+                one_step("ddim", args.guidance),
+                one_step("lcm", 1.0),
+                one_step("euler", 1.0),
+                animatezero("ddim", args.steps, args.guidance),
+                animatezero("lcm", n, 1.0),
+                animatezero("euler", n, 1.0),
+                animatezero("lcm", n, 2.0),
+            ],
+            strict=True,
+        )
+    )
+    return {k: v for k, v in cases.items() if not args.few_step_cases or k in args.few_step_cases}
 
 
 def few_step_runs(pipe: AnimateZeroPipeline, args, video_latents, image_latents, device, log) -> dict[str, Any]:
