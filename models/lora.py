@@ -56,6 +56,7 @@ _UNSUPPORTED = {
     "full weight differences (diff / diff_b)": re.compile(r"\.diff(_b)?$"),
     "textual-inversion embeddings bundled in the LoRA": re.compile(r"^(bundle_emb|emb_params)"),
 }
+_CROSS_KV = re.compile(r"attn2[._]to_[kv]")  # cross-attention k/v: their input width is the text encoder's
 _SDXL = re.compile(r"^lora_te[12]_|^lora_unet_(input_blocks|output_blocks|middle_block|label_emb)_")
 
 
@@ -263,8 +264,8 @@ def resolve_lora(lora: LoRAFile, networks: Mapping[str, nn.Module]) -> dict[tupl
             parts += [f"  targets that do not exist ({len(unknown)}):", _listing(unknown)]
         if shapes:
             parts += [f"  wrong shapes ({len(shapes)}):", _listing(shapes)]
-            widths = {int(p.down.shape[1]) for p in lora.targets.get(UNET, {}).values() if "attn2" in p.key}
-            if widths & {1024, 2048, 1280}:
+            widths = {int(p.down.shape[1]) for p in lora.targets.get(UNET, {}).values() if _CROSS_KV.search(p.key)}
+            if widths & {1024, 2048}:  # SD2's OpenCLIP-H / SDXL's two text encoders
                 parts.append(f"  (cross-attention inputs {sorted(widths)} wide: a LoRA for SD2/SDXL, not SD1.5)")
         parts.append("Use a LoRA trained on this base model (SD1.5, or the same tiny test widths)")
         raise KeyMismatchError("\n".join(parts))

@@ -9,6 +9,9 @@ tested against. A layout is an ordered ``{key: shape}`` dict; :func:`random_stat
 Full-size layouts (SD1.5 defaults): UNet 686 tensors / 859,520,964 params, VAE 248 / 83,653,863, CLIP 196 (+1
 ``position_ids``) / 123,060,480; motion v1/v3 560 tensors, v2 588 (417,137,600 / 453,209,280 params without ``pe``);
 MotionLoRA r=64 on the v2 tree 336 / 19,333,120.
+
+SD1.5 LoRAs (:func:`lora_layout`, :func:`write_lora`) are written in the real layouts read by ``models/lora.py``
+(kohya, peft, older diffusers, AnimateDiff's v3 adapter, and an SDXL kohya file for refusals; docs/lora.md §2).
 """
 
 from __future__ import annotations

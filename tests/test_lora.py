@@ -171,6 +171,23 @@ def test_merged_weights_follow_the_formula(base, tmp_path):
         assert not torch.equal(model.get_parameter(weight), w)
 
 
+def test_animatelcm_style_lora_follows_its_loader(base, tmp_path):
+    """AnimateLCM's spatial LoRA: kohya keys on attentions and ResNets (time_emb_proj, conv_shortcut, 3x3 convs), no
+    text encoder; its loader merges ``W += scale / 8 * up @ down``, which alpha / rank gives for alpha = rank / 8."""
+    path = tmp_path / "AnimateLCM_sd15_t2v_lora.safetensors"
+    sd = write_lora(path, "kohya", UNET, CLIP, rank=8, alpha=1.0, conv=True, text_encoder=False, seed=15)
+    assert set(read_lora(path).targets) == {"unet"}
+    unet, _ = merged(base, [(path, 0.8)])
+    base_unet, _, _ = load_sd15(base[0].sd15)
+    for key, weight in (("lora_unet_down_blocks_1_resnets_0_time_emb_proj", "input_blocks.4.0.emb_layers.1.weight"),
+                        ("lora_unet_down_blocks_1_resnets_0_conv_shortcut", "input_blocks.4.0.skip_connection.weight"),
+                        ("lora_unet_up_blocks_3_resnets_0_conv2", "output_blocks.9.0.out_layers.3.weight")):  # fmt: skip
+        w = base_unet.get_parameter(weight)
+        up, down = sd[key + ".lora_up.weight"].flatten(1), sd[key + ".lora_down.weight"].flatten(1)
+        expected = w + 1 / 8 * 0.8 * (up @ down).reshape(w.shape)
+        torch.testing.assert_close(unet.get_parameter(weight), expected, rtol=0, atol=1e-6)
+
+
 def test_stacking_two_loras_matches_diffusers(base, tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     write_lora(a, "kohya", UNET, CLIP, rank=4, conv=True, seed=4)
@@ -284,7 +301,7 @@ def test_wrong_shapes_and_unknown_targets_are_listed(base, tmp_path):
     r = 4
     sd["unet.down_blocks.3.attentions.0.proj_in.lora_A.weight"] = torch.randn(r, 128)  # level 3 has no attention
     sd["unet.down_blocks.3.attentions.0.proj_in.lora_B.weight"] = torch.randn(128, r)
-    sd["unet.mid_block.attentions.0.proj_out.lora_A.weight"] = torch.randn(r, 64)  # 128 wide in the tiny UNet
+    sd["unet.mid_block.attentions.0.proj_out.lora_A.weight"] = torch.randn(r, 64, 1, 1)  # 128 wide in the tiny UNet
     save_state_dict(sd, path)
     unet, _, text_encoder = load_sd15(base[0].sd15)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -329,7 +346,7 @@ def test_other_files_given_as_a_lora_and_a_lora_given_as_checkpoint(base, tmp_pa
         read_lora(files.motion)
     path = tmp_path / "style.safetensors"
     write_lora(path, "kohya", UNET, CLIP)
-    with pytest.raises(WrongFamilyError, match=r"is a LoRA.*lora='?\[style\.safetensors:0\.8\]"):
+    with pytest.raises(WrongFamilyError, match=r"it is a LoRA.*lora='?\[style\.safetensors:0\.8\]"):
         load_sd15(path)
     with pytest.raises(CheckpointError, match="does not start like a torch checkpoint|corrupt"):
         bad = tmp_path / "bad.ckpt"
