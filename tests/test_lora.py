@@ -399,3 +399,26 @@ def test_generate_with_loras_records_them(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"lora\[0\]=.*nope.safetensors does not exist"):
         gen.generate(tiny_cfg(cache, "prompt=a cat", f"out_dir={tmp_path / 'run2'}", f"lora=[{missing}]"))
     assert not (tmp_path / "run2").exists()
+
+
+def test_sweep_fingerprint_covers_lora_files_and_scales(tmp_path):
+    """A finished sweep item made with another LoRA file or scale is not taken as done."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments import common, sweep
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        cfg = compose("sweep", overrides=["debug=tiny", "prompts=smoke"])
+    items = common.prompt_items(cfg.prompts)[:1]
+    configurations = common.sweep_configurations(cfg)
+    record = {"checkpoint": {"sha256": "c"}, "motion_module": {"sha256": "m"}}
+
+    def fingerprint(sha: str, scale: float) -> str:
+        checkpoints = record | {"lora_0": {"ref": "x", "path": "x", "sha256": sha, "scale": scale}}
+        (fp,) = sweep.plan(cfg, tmp_path, items, configurations, checkpoints).values()
+        return fp
+
+    assert fingerprint("a", 0.8) == fingerprint("a", 0.8)
+    assert len({fingerprint("a", 0.8), fingerprint("a", 0.5), fingerprint("b", 0.8)}) == 3
+    (plain,) = sweep.plan(cfg, tmp_path, items, configurations, record).values()
+    assert plain != fingerprint("a", 0.8)
