@@ -308,6 +308,14 @@ def load_sd15(
 
     sd = read_state_dict(path)
     family = detect_family(sd)
+    if family == "lora":  # a LoRA is merged on top of a full checkpoint, never loaded as one (docs/lora.md)
+        raise WrongFamilyError(
+            f"{path} is not an SD1.5 checkpoint: it is a LoRA (low-rank deltas only), not a full model; pass a full "
+            f"SD1.5 checkpoint as the base "
+            f"model and this file as lora= (CLI: 'lora=[{os.path.basename(path)}:0.8]'; Python: "
+            f"from_single_files(checkpoint, motion_module, loras=[(path, 0.8)]))",
+            family,
+        )
     if family != "sd15":
         raise WrongFamilyError(
             f"{path} is not an SD1.5 checkpoint: {family_advice(family, sd, 'the base model')}", family
@@ -375,7 +383,7 @@ def load_motion_module(
     """Load an AnimateDiff motion-module file (v1 ``mm_sd_v14/15``, v2 ``mm_sd_v15_v2``, v3 ``v3_sd15_mm``, and the
     few-step ones: AnimateLCM's ``AnimateLCM_sd15_t2v.ckpt``, AnimateDiff-Lightning's ``*_comfyui`` files), or the same
     modules in diffusers' ``MotionAdapter`` naming (Lightning's ``*_diffusers`` files; mapped by
-    :func:`models.motion_module.diffusers_motion_key`).
+    :func:`models.keymap.diffusers_motion_key`).
 
     Version: a ``mid_block.motion_modules`` key means v2; otherwise the stored ``pe`` length 24 means v1 and 32 v3.
     A file without any ``pe`` (re-saved after AnimateDiff stopped reading it) cannot tell v1 from v3: it is loaded as
@@ -384,7 +392,8 @@ def load_motion_module(
     loads without the warning (v2 with a mid block, else v3-shaped, 32 positions). ``unet_config`` (or a UNet's
     ``.config``) is checked against the module widths.
     """
-    from models.motion_module import MotionModules, diffusers_motion_key
+    from models.keymap import diffusers_motion_key
+    from models.motion_module import MotionModules
 
     sd = read_state_dict(path)
     family = detect_family(sd)

@@ -157,38 +157,3 @@ def merge_motion_lora(motion: MotionModules, lora_sd: dict[str, Tensor], alpha: 
         delta = pair["up"].to(weight.device, torch.float32) @ pair["down"].to(weight.device, torch.float32)
         weight.copy_((weight.float() + alpha * delta).to(weight.dtype))
     return sorted(pairs)
-
-
-# diffusers' MotionAdapter names -> AnimateDiff's ----------------------------------------------------------------
-# One place for this key map (docs/fewstep.md §2): a MotionAdapter file (e.g. AnimateDiff-Lightning's ``*_diffusers``)
-# names a module ``{down_blocks.i|mid_block|up_blocks.i}.motion_modules.j.`` + the part below; AnimateDiff puts
-# ``temporal_transformer.`` in between and names the block's parts differently.
-_DIFFUSERS_MODULE = re.compile(r"(?P<module>(?:down_blocks\.\d+|up_blocks\.\d+|mid_block)\.motion_modules\.\d+\.)(?P<rest>.+)")
-_DIFFUSERS_BLOCK = re.compile(r"transformer_blocks\.(?P<n>\d+)\.(?P<part>attn1|attn2|norm1|norm2|norm3|ff|pos_embed)\.(?P<tail>.+)")
-_DIFFUSERS_PARTS = {
-    "attn1": "attention_blocks.0",
-    "attn2": "attention_blocks.1",
-    "norm1": "norms.0",
-    "norm2": "norms.1",
-    "norm3": "ff_norm",
-    "ff": "ff",
-    "pos_embed": "attention_blocks.0.pos_encoder",  # one table per block in diffusers; checked and dropped on load
-}
-
-
-def diffusers_motion_key(key: str) -> str | None:
-    """A diffusers ``MotionAdapter`` key in AnimateDiff's naming (the names of :class:`MotionModules`), or None if
-    ``key`` is not a MotionAdapter motion-module key. ``norm``/``proj_in``/``proj_out`` move under
-    ``temporal_transformer.``; in ``transformer_blocks.{n}``: ``attn1``/``attn2`` -> ``attention_blocks.0/1``,
-    ``norm1``/``norm2`` -> ``norms.0/1``, ``norm3`` -> ``ff_norm``, ``pos_embed.pe`` -> the first attention's
-    ``pos_encoder.pe`` (a sinusoid table, verified and recomputed by the loader)."""
-    m = _DIFFUSERS_MODULE.fullmatch(key)
-    if m is None or m["rest"].startswith("temporal_transformer."):
-        return None
-    rest = m["rest"]
-    if rest.split(".")[0] in ("norm", "proj_in", "proj_out"):
-        return f"{m['module']}temporal_transformer.{rest}"
-    b = _DIFFUSERS_BLOCK.fullmatch(rest)
-    if b is None:
-        return None
-    return f"{m['module']}temporal_transformer.transformer_blocks.{b['n']}.{_DIFFUSERS_PARTS[b['part']]}.{b['tail']}"

@@ -39,6 +39,7 @@ def test_few_step_models_set_their_recipe(root, model, motion, sampler):
     common.check_sampler(cfg.sampler)
     if model == "animatelcm":  # the spatial LCM LoRA (model.lora, loaded by the LoRA loader)
         assert list(cfg.model.lora) == ["hf://wangfuyun/AnimateLCM/AnimateLCM_sd15_t2v_lora.safetensors:0.8"]
+    assert set(cfg.model) == set(cfg_of(root, *base).model)  # a whole model group option, as sd15's
     over = cfg_of(root, *base, f"model={model}", "sampler.steps=4", "sampler.guidance_scale=1.0")
     assert (over.sampler.steps, over.sampler.guidance_scale) == (4, 1.0)
 

@@ -1,5 +1,5 @@
 """Few-step motion modules (docs/fewstep.md §2): AnimateDiff-Lightning's diffusers ``MotionAdapter`` files load
-through the one key map (models.motion_module.diffusers_motion_key) into the same modules as the original layout and
+through the one key map (models.keymap.diffusers_motion_key) into the same modules as the original layout and
 compute what diffusers' MotionAdapter computes; AnimateLCM's file (no pos_encoder tables) and Lightning's ComfyUI files
 load by name; each brings its sampling recipe as the pipeline's default, which the user can override."""
 
