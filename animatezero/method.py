@@ -227,7 +227,8 @@ def sample_video(
                 with installed(unet, image.recorders):
                     eps = image.denoise(image.trajectory[i], t)
                 z = image.trajectory[i]
-                image.trajectory.append(sampler.step(z, eps, t, t_prev, sampler.draw_noise(z, i, steps, image.generator))[0])
+                noise = sampler.draw_noise(z, i, steps, image.generator)  # the image's own stream
+                image.trajectory.append(sampler.step(z, eps, t, t_prev, noise)[0])
             if t in insert_at:  # 2. the anchors' latents at this step
                 x = insert_anchors(x, i)
             eps = denoise(x, t)  # 3. the video UNet, sharing keys/values and windowing temporal attention

@@ -59,7 +59,9 @@ def test_image_records_its_sampler(images, sampler):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("controls", [Controls.paper(), Controls(kv_source="current")], ids=["cached", "current"])
 def test_lockstep_equals_two_step_and_frame0_is_the_image(tiny_pipe, sampler, controls):
-    image, video = tiny_pipe.generate("a cat, blinking", num_frames=FRAMES, controls=controls, **kwargs(sampler, seed=21))
+    image, video = tiny_pipe.generate(
+        "a cat, blinking", num_frames=FRAMES, controls=controls, **kwargs(sampler, seed=21)
+    )
     ref_image = tiny_pipe.text_to_image("a cat, blinking", record_kv=True, **kwargs(sampler, seed=21))
     ref_video = tiny_pipe.animate(ref_image, num_frames=FRAMES, seed=21, controls=controls)
     assert all(torch.equal(a, b) for a, b in zip(image.trajectory, ref_image.trajectory, strict=True))

@@ -25,7 +25,11 @@ def cfg_of(root, *overrides):
     "model,motion,sampler",
     [
         ("animatelcm", "wangfuyun/AnimateLCM/AnimateLCM_sd15_t2v.ckpt", ("lcm", 6, 2.0)),
-        ("lightning", "ByteDance/AnimateDiff-Lightning/animatediff_lightning_4step_comfyui.safetensors", ("euler", 4, 1.0)),
+        (
+            "lightning",
+            "ByteDance/AnimateDiff-Lightning/animatediff_lightning_4step_comfyui.safetensors",
+            ("euler", 4, 1.0),
+        ),
         ("sd15", "guoyww/animatediff/mm_sd_v15_v2.ckpt", ("ddim", 25, 7.5)),
     ],
 )

@@ -109,7 +109,10 @@ def test_bad_diffusers_keys_are_named(tmp_path, v2_files):
     "name,family",
     [
         ("AnimateLCM_sd15_t2v.ckpt", ("animatelcm", (6, 2.0, "lcm"))),
-        ("ByteDance/AnimateDiff-Lightning/animatediff_lightning_8step_comfyui.safetensors", ("lightning", (8, 1.0, "euler"))),
+        (
+            "ByteDance/AnimateDiff-Lightning/animatediff_lightning_8step_comfyui.safetensors",
+            ("lightning", (8, 1.0, "euler")),
+        ),
         ("animatediff_lightning_1step_diffusers.safetensors", ("lightning", (1, 1.0, "euler"))),
         ("mm_sd_v15_v2.ckpt", None),
         ("models/animatelcm/mm_sd_v15_v2.ckpt", None),  # the file's name decides, not its folder
