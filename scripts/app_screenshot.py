@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     from PIL import Image
 
+    from animatezero import toyworld
     from experiments import app
 
-    if not overrides and not app.toyworld_available():
+    if not overrides and not toyworld.available():
         overrides = ["debug=tiny"]
     model = app.Model.load(app.compose_config(overrides))
     with tempfile.TemporaryDirectory(prefix="app_screenshot_") as outputs:
