@@ -292,10 +292,10 @@ class AnimateZeroPipeline(Applications):
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, num_frames, height // 8, width // 8), seed)
+        cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
+        controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
         z0 = self._sample_video(
-            x, cond=self.encode_prompt(prompt), uncond=self.encode_prompt(negative_prompt),
-            guidance_scale=guidance_scale, steps=steps,
-            controls=replace_fields(Controls.animatediff(), sliding_windows=sliding_windows), anchors=[],
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps, controls=controls, anchors=[],
             callback=callback,
         )  # fmt: skip
         video = self._video_result(z0, prompt, seed)
@@ -332,13 +332,14 @@ class AnimateZeroPipeline(Applications):
         prompt = image.prompt if prompt is None else prompt
         negative_prompt = image.negative_prompt if negative_prompt is None else negative_prompt
         x, seed = self._start(latents, (1, 4, num_frames, *image.latent.shape[-2:]), seed)
+        cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
         frames = []
         for f, im in anchors:  # cached keys/values: recorded in step 1, or replayed now (record_features)
             bank = (im.kv_bank if im.kv_bank is not None else self.record_features(im)) if cached else None
             frames.append(Anchor(f, bank=bank, trajectory=im.trajectory))
         z0 = self._sample_video(
-            x, cond=self._text_context(prompt, end_prompt, num_frames), uncond=self.encode_prompt(negative_prompt),
-            guidance_scale=guidance_scale, steps=image.steps, controls=controls, anchors=frames, callback=callback,
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=image.steps, controls=controls,
+            anchors=frames, callback=callback,
         )  # fmt: skip
         video = self._video_result(z0, prompt, seed)
         video.info["mode"] = video_mode(controls, image, last)

@@ -47,7 +47,7 @@ MAX_CANDIDATES = 8
 # What is decoded is bounded by animatezero.io.load_image's checks, the ones every entry point uses.
 MAX_UPLOAD_BYTES = 4 * MAX_IMAGE_PIXELS
 # The work one request may ask for, in megapixel-steps: UNet passes over one frame x its pixels / 1e6 (a 512x512 image
-# of 25 steps is 6.6). The defaults are sized for SD1.5: 16 is a couple of 512x512 candidates on a CPU (minutes);
+# of 25 steps is 6.6). The defaults are sized for SD1.5: 16 is two 512x512 candidates of 25 steps on a CPU;
 # 2000 is 19 clips of 16 frames at 512x512 and 25 steps on a GPU. The toy world's requests (64x64) are far below both.
 BUDGET = {"cpu": 16.0, "cuda": 2000.0}
 # the keys that choose a model; without any of them the toy-world model is used
@@ -87,34 +87,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
     cli.apply_shortcuts(cfg)
     cli.check_values(cfg)
     return cfg
-
-
-@dataclass
-class Model:
-    """The one pipeline of this process, what built it, and the lock that makes requests take turns."""
-
-    pipe: AnimateZeroPipeline
-    cfg: DictConfig
-    device: str
-    checkpoints: dict
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @classmethod
-    def load(cls, cfg: DictConfig) -> Model:
-        """Build the pipeline as the CLI does (experiments/common.py): tiny files if asked, weights resolved, loaded."""
-        common.check_sampler(cfg.sampler)
-        device = common.pick_device(cfg.model.device)
-        dtype = common.pick_dtype(cfg.model.dtype, device)
-        common.ensure_synthetic(cfg)
-        checkpoints = common.resolve_checkpoints(cfg)
-        return cls(common.load_pipeline(cfg, checkpoints, device, dtype), cfg, device, checkpoints)
-
-    @property
-    def name(self) -> str:
-        """The weight files by name and the device, for the page's header."""
-        image = Path(self.checkpoints.get("checkpoint", {}).get("ref", "the given networks")).name
-        motion = self.checkpoints.get("motion_module", {}).get("ref")
-        return f"{image} + {Path(motion).name if motion else 'no motion module (images only)'} on {self.device}"
 
 
 # ------------------------------------------------------------------------------------------------- page fields
@@ -214,15 +186,36 @@ class Job:
 
 
 class Session:
-    """What the page's handlers do, without Gradio: check a request (fields, budget), run it on the shared model, write
-    its run directory. The Gradio layer (:func:`build_ui`) only maps widgets by name onto these calls. ``owner`` names
-    the visitor whose Stop button ends the request (Gradio's session hash)."""
+    """What the page's handlers do, without Gradio: check a request (fields, budget), run it on the one pipeline of this
+    process, write its run directory. The Gradio layer (:func:`build_ui`) only maps widgets by name onto these calls.
+    ``owner`` names the visitor whose Stop button ends the request (Gradio's session hash)."""
 
-    def __init__(self, model: Model, output_root: str | Path | None = None, budget: float | None = None):
-        self.model, self.pipe = model, model.pipe
-        self.root = Path(output_root or model.cfg.paths.output_root)  # run directories: <root>/app/<date>/<time>
-        self.budget = float(budget if budget is not None else BUDGET.get(self.pipe.device.type, BUDGET["cpu"]))
+    def __init__(
+        self, pipe: AnimateZeroPipeline, cfg: DictConfig, checkpoints: dict, output_root: str | Path | None = None,
+        budget: float | None = None,
+    ):  # fmt: skip
+        self.pipe, self.cfg, self.checkpoints = pipe, cfg, checkpoints
+        self.root = Path(output_root or cfg.paths.output_root)  # run directories: <root>/app/<date>/<time>
+        self.budget = float(budget if budget is not None else BUDGET.get(pipe.device.type, BUDGET["cpu"]))
+        self.lock = threading.Lock()  # requests take turns on the pipeline
         self.stops: dict[str, threading.Event] = {}
+
+    @classmethod
+    def load(cls, cfg: DictConfig, output_root: str | Path | None = None, budget: float | None = None) -> Session:
+        """Build the pipeline as the CLI does (experiments/common.py): tiny files if asked, weights resolved, loaded."""
+        common.check_sampler(cfg.sampler)
+        device = common.pick_device(cfg.model.device)
+        dtype = common.pick_dtype(cfg.model.dtype, device)
+        common.ensure_synthetic(cfg)
+        checkpoints = common.resolve_checkpoints(cfg)
+        return cls(common.load_pipeline(cfg, checkpoints, device, dtype), cfg, checkpoints, output_root, budget)
+
+    @property
+    def name(self) -> str:
+        """The weight files by name and the device, for the page's header."""
+        image = Path(self.checkpoints.get("checkpoint", {}).get("ref", "the given networks")).name
+        motion = self.checkpoints.get("motion_module", {}).get("ref")
+        return f"{image} + {Path(motion).name if motion else 'no motion module (images only)'} on {self.pipe.device}"
 
     def stop(self, owner: str = "") -> None:
         """End ``owner``'s running request after its current sampling step."""
@@ -233,7 +226,7 @@ class Session:
         """The model for one request (they take turns), yielding its :class:`Job`."""
         stop = self.stops.setdefault(owner, threading.Event())
         stop.clear()  # a Stop pressed before this request does not end it
-        with self.model.lock, common.cpu_threads(self.model.cfg.model.cpu_threads):
+        with self.lock, common.cpu_threads(self.cfg.model.cpu_threads):
             yield Job(total, desc, stop, progress)
 
     def check_budget(self, what: str, count: int, steps: int, height: int, width: int, unit: str, extra: int = 0):
@@ -250,7 +243,7 @@ class Session:
         amount = f"{work:,.0f}" if work >= 10 else f"{work:.2g}"
         raise AppInputError(
             f"{what} is {amount} megapixel-steps ({count} {unit} x {steps} steps at {width}x{height}), over this "
-            f"app's budget of {self.budget:g} per request on {self.model.device} (animatezero-app --budget N). What "
+            f"app's budget of {self.budget:g} per request on {self.pipe.device} (animatezero-app --budget N). What "
             f"fits, changing one setting: {', or '.join(fits) or 'nothing at this size; lower several'}"
         )
 
@@ -375,7 +368,7 @@ class Session:
     def write(self, run: Run, fps: int) -> Run:
         """The run directory (experiments/runs.py): the CLI's files (``paths.run_files``), frames.zip and run.json."""
         run.run_dir = prepare_run_dir(cli.default_run_dir(self.root, "app"))
-        files = common.run_files(self.model.cfg, run.run_dir)
+        files = common.run_files(self.cfg, run.run_dir)
         common.write_outputs(files, run.image, run.video, fps)
         files["zip"] = Path(shutil.make_archive(str(files["frames"]), "zip", root_dir=files["frames"]))
         image, video = run.image, run.video
@@ -386,8 +379,8 @@ class Session:
             motion_prompt=video.prompt, seeds={"image": image.seed, "video": run.seed},
             sampler={**sampler, "width": image.width, "num_frames": video.num_frames, "fps": fps},
             controls=asdict(run.controls), files={k: p.name for k, p in files.items()},
-            checkpoints=self.model.checkpoints, dtype=str(self.pipe.dtype).removeprefix("torch."),
-            **environment(self.model.device),
+            checkpoints=self.checkpoints, dtype=str(self.pipe.dtype).removeprefix("torch."),
+            **environment(str(self.pipe.device)),
         )  # fmt: skip
         record.data["timings"]["generate_s"] = round(run.seconds, 4)
         run.first_frame_psnr = round(psnr(video.frames[0], image.image), 3)
@@ -408,7 +401,7 @@ def build_ui(session: Session):
     An error changes only the status box (and shows a toast), so the page never shows a traceback and keeps working."""
     import gradio as gr
 
-    cfg, s, p = session.model.cfg, session.model.cfg.sampler, Controls.paper()
+    cfg, s, p = session.cfg, session.cfg.sampler, Controls.paper()
     track = gr.Progress()  # as a default argument it makes Gradio pass each event's progress bar
     upload_types = [".png", ".jpg", ".jpeg", ".webp", ".bmp"]
     w: dict[str, Any] = {}  # input widgets by Session argument
@@ -417,7 +410,7 @@ def build_ui(session: Session):
     with gr.Blocks(title="AnimateZero") as demo:
         gr.Markdown(
             "# AnimateZero\nMake images until one is right, pick it, and animate exactly that image: the clip's first "
-            f"frame is the picked image. Model: `{session.model.name}`; budget {session.budget:g} megapixel-steps "
+            f"frame is the picked image. Model: `{session.name}`; budget {session.budget:g} megapixel-steps "
             "per request."
         )
         candidates_state, picked_state = gr.State(None), gr.State(None)  # list[ImageResult], the ImageResult to animate
@@ -593,9 +586,8 @@ def build_ui(session: Session):
             except Exception as e:  # noqa: BLE001
                 return fail(e)
 
-        def on_stop(request):
+        def on_stop(request) -> None:  # the running request then ends after its current step and says so itself
             session.stop(request.session_hash)
-            return {status: "Stopping after the current step..."}
 
         def on_preset(name):
             try:
@@ -618,7 +610,7 @@ def build_ui(session: Session):
         invert.click(on_invert, everything, [picked_state, picked_view, status], concurrency_id="model")
         animate.click(on_animate, everything, run_outputs, concurrency_id="model")
         extend.click(on_extend, everything, run_outputs, concurrency_id="model")
-        stop.click(on_stop, None, status, queue=False)  # not queued: it must run while the model is busy
+        stop.click(on_stop, None, None, queue=False)  # not queued: it must run while the model is busy
     demo.queue(default_concurrency_limit=1)  # one generation at a time: the model is shared by every visitor
     return demo
 
@@ -680,14 +672,13 @@ def main(argv: list[str] | None = None) -> None:
         print('animatezero-app: error: the app needs Gradio: pip install -e ".[app]"', file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        model = Model.load(compose_config(overrides))
+        session = Session.load(compose_config(overrides), budget=args.budget)
     except Exception as e:  # a user error, or a bad override (a Hydra error): one line, not a traceback
         if isinstance(e, cli.user_errors()) or type(e).__module__.startswith(("hydra", "omegaconf")):
             print(f"animatezero-app: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    session = Session(model, budget=args.budget)
-    print(f"[animatezero-app] {model.name}; budget {session.budget:g} megapixel-steps per request", flush=True)
+    print(f"[animatezero-app] {session.name}; budget {session.budget:g} megapixel-steps per request", flush=True)
     launch(session, args.host, args.port)
 
 

@@ -22,7 +22,7 @@ SAMPLING = {"steps": 2, "guidance": 7.5, "height": 64, "width": 64}
 def session(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     cfg = app.compose_config(["debug=tiny", f"paths.cache_dir={root / 'cache'}", f"paths.output_root={root / 'out'}"])
-    return app.Session(app.Model.load(cfg))
+    return app.Session.load(cfg)
 
 
 class Steps:
@@ -156,8 +156,8 @@ def test_fps_and_uploads_are_checked_before_any_work(session, tmp_path):
 
 def test_motion_module_null_gives_an_images_only_app(tmp_path):
     cfg = app.compose_config(["debug=tiny", "motion_module=null", f"paths.cache_dir={tmp_path}"])
-    images_only = app.Session(app.Model.load(cfg), tmp_path / "out")
-    assert images_only.pipe.motion_module is None and "no motion module" in images_only.model.name
+    images_only = app.Session.load(cfg, tmp_path / "out")
+    assert images_only.pipe.motion_module is None and "no motion module" in images_only.name
     (image,) = images_only.candidates(prompt="a cat", **SAMPLING)
     with pytest.raises(app.AppInputError, match="without a motion module.*motion_module="):
         images_only.animate(image, Controls.paper(), frames=4)

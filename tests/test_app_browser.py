@@ -57,7 +57,7 @@ def server(tmp_path_factory):
     """The app on a free localhost port, served from a background thread of this process."""
     root = tmp_path_factory.mktemp("app_browser")
     cfg = app.compose_config([*model_overrides(root / "cache"), f"paths.output_root={root / 'out'}"])
-    session = app.Session(app.Model.load(cfg))
+    session = app.Session.load(cfg)
     demo, url = app.launch(session, "127.0.0.1", free_port(), block=False)
     yield url, session
     demo.close()
