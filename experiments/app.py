@@ -474,7 +474,8 @@ def build_ui(session: Session):
                 picked_view = gr.Image(
                     label="Image to animate", format="png", interactive=False, height=160, elem_id="picked"
                 )
-                w["mode"] = gr.Radio(list(MODES), value="animate", label="Mode", elem_id="mode")
+                with gr.Row():
+                    w["mode"] = gr.Radio(list(MODES), value="animate", label="Mode", elem_id="mode")
                 w["end_upload"] = gr.File(
                     label="Second image (interpolation)", file_types=upload_types, type="filepath", visible=False,
                     elem_id="end-upload",
