@@ -149,7 +149,7 @@ def load_upload(path: str | Path | None, size: tuple[int, int], what: str = "ima
 # ------------------------------------------------------------------------------------------------- the work
 @dataclass
 class Run:
-    """An animation and its run directory (``clip`` for ``continue``)."""
+    """An animation (what *Continue clip* extends) and its run directory."""
 
     image: ImageResult
     video: VideoResult
