@@ -28,7 +28,7 @@ def whole_number(value, name: str) -> int:
     """``value`` as an ``int``: Python and numpy integers are whole numbers; a bool (``True`` is not 1 step), a float
     (1.5 would be truncated silently) or a string is refused, naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{name} must be a whole number, got {value!r:.80} ({type(value).__name__})")
+        raise ArgumentTypeError(f"{name} must be an integer, got {value!r:.80} ({type(value).__name__})")
     return int(value)
 
 

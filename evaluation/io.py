@@ -52,7 +52,7 @@ def _check_video_pixels(pixels: int, what: str) -> None:
 
     if pixels > MAX_VIDEO_PIXELS:
         raise ImageInputError(
-            f"{what} hold {pixels / 1e6:.0f} megapixels, over the {MAX_VIDEO_PIXELS / 1e6:.0f} MP a video may "
+            f"{what} hold {pixels / 1e6:.1f} megapixels, over the {MAX_VIDEO_PIXELS / 1e6:.1f} MP a video may "
             f"have; evaluate fewer or smaller frames"
         )
 
