@@ -134,7 +134,13 @@ def test_float_resampling_overshoot_is_clamped():
     assert out.min().item() == 0.0 and out.max().item() == 1.0 and out.dtype == torch.float32
 
 
-def test_reduced_precision_image_tensors():
+def test_reduced_precision_image_tensors_and_pipelines(tiny_files):
+    from animatezero.pipeline import AnimateZeroPipeline
+
     rgb = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     for dtype in (torch.float16, torch.bfloat16):
         assert torch.equal(image_tensor(rgb.to(dtype)), rgb.to(dtype).float())
+    bf16 = AnimateZeroPipeline.from_single_files(tiny_files["sd15"], dtype=torch.bfloat16)
+    real = bf16.invert_image((rgb * 255).round().to(torch.uint8), "x", guidance_scale=np.float32(5), **ARGS)
+    assert real.latent.dtype == torch.bfloat16 and bool(torch.isfinite(real.latent.float()).all())
+    assert type(real.guidance_scale) is float
