@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace as replace_fields
 
 import torch
@@ -36,6 +37,20 @@ OOM_ADVICE = (
 )
 
 
+def _check_loras(loras: Sequence[tuple[str | os.PathLike, float]]) -> list[tuple[str | os.PathLike, float]]:
+    """``[(path_or_hub, scale), ...]`` checked: pairs, with finite scales."""
+    from models.lora import check_scale
+
+    if isinstance(loras, str | os.PathLike):
+        raise ValueError(f"loras= takes a list of (path, scale) pairs, e.g. loras=[({str(loras)!r}, 0.8)]")
+    out = []
+    for i, entry in enumerate(loras):
+        if not isinstance(entry, tuple | list) or len(entry) != 2 or not isinstance(entry[0], str | os.PathLike):
+            raise ValueError(f"loras[{i}] = {entry!r} is not a (path, scale) pair, e.g. ('style.safetensors', 0.8)")
+        out.append((entry[0], check_scale(entry[1], f"loras[{i}]")))
+    return out
+
+
 class AnimateZeroPipeline(Applications):
     """SD1.5 + AnimateDiff with AnimateZero's controls.
 
@@ -47,6 +62,7 @@ class AnimateZeroPipeline(Applications):
     """
 
     progress: bool = True
+    loras: list[tuple[str, float]] = []  # the SD1.5 LoRAs merged now (set_loras)
 
     def __init__(
         self, unet, vae, text_encoder, tokenizer, motion_module=None, *, schedule: DDIMSchedule | None = None,
@@ -93,16 +109,22 @@ class AnimateZeroPipeline(Applications):
     def from_single_files(
         cls, checkpoint: str | os.PathLike, motion_module: str | os.PathLike | None = None, *,
         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0, **kwargs,
+        motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0,
+        loras: Sequence[tuple[str | os.PathLike, float]] = (), **kwargs,
     ) -> AnimateZeroPipeline:  # fmt: skip
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
-        references ``org/repo/file`` (downloaded on first use)."""
+        references ``org/repo/file`` (downloaded on first use). ``loras``: SD1.5 LoRAs ``[(path_or_hub, scale), ...]``
+        merged into the UNet and text encoder (docs/lora.md); :meth:`set_loras` changes them later."""
         from animatezero.hub import resolve_all
         from models.loading import load_motion_lora, load_motion_module, load_sd15
+        from models.lora import read_lora
         from models.tokenizer import CLIPTokenizer
 
         # every file found first (offline: one error naming all that are missing), then loaded
-        files = resolve_all({"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora})
+        loras = _check_loras(loras)
+        refs = {"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora}
+        files = resolve_all(refs | {f"loras[{i}]": ref for i, (ref, _) in enumerate(loras)})
+        parsed = [(read_lora(files[f"loras[{i}]"]), scale) for i, (_, scale) in enumerate(loras)]  # before the model
         unet, vae, text_encoder = load_sd15(files["checkpoint"], device=device, dtype=dtype)
         motion = None
         if motion_module is not None:
@@ -111,7 +133,32 @@ class AnimateZeroPipeline(Applications):
                 load_motion_lora(files["motion_lora"], motion, alpha=motion_lora_scale)
         elif motion_lora is not None:
             raise ValueError("a motion LoRA needs a motion module: pass motion_module= as well")
-        return cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+        pipe = cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+        if parsed:
+            pipe._merge_loras(parsed, [(str(ref), scale) for ref, scale in loras])
+        return pipe
+
+    def set_loras(self, loras: Sequence[tuple[str | os.PathLike, float]]) -> list[str]:
+        """Replace the merged SD1.5 LoRAs by ``[(path_or_hub, scale), ...]`` without reloading the checkpoint: every
+        file is read and checked against the networks first (nothing changes on an error), then each touched weight
+        becomes ``W_base + sum scale_i * alpha_i / rank_i * up_i @ down_i``. ``set_loras([])`` restores the base
+        weights bit for bit. Returns the touched weights (``unet:<name>`` / ``text_encoder:<name>``)."""
+        from animatezero.hub import resolve_all
+        from models.lora import read_lora
+
+        loras = _check_loras(loras)
+        files = resolve_all({f"loras[{i}]": ref for i, (ref, _) in enumerate(loras)})
+        parsed = [(read_lora(files[f"loras[{i}]"]), scale) for i, (_, scale) in enumerate(loras)]
+        return self._merge_loras(parsed, [(str(ref), scale) for ref, scale in loras])
+
+    def _merge_loras(self, parsed, loras: list[tuple[str, float]]) -> list[str]:
+        from models.lora import LoRAMerger
+
+        if getattr(self, "_lora_merger", None) is None:
+            self._lora_merger = LoRAMerger({"unet": self.unet, "text_encoder": self.text_encoder})
+        touched = self._lora_merger.set(parsed)
+        self.loras = loras  # what is merged now, as given
+        return touched
 
     @classmethod
     def toyworld(cls, *, device: str | torch.device = "cpu", **kwargs) -> AnimateZeroPipeline:
