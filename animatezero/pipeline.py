@@ -175,16 +175,14 @@ class AnimateZeroPipeline(Applications):
         """The requested size, each side defaulting to the model's (``default_size``: 512x512 for SD1.5), checked."""
         height = self.default_size[0] if height is None else height  # 0 is refused, not taken for "default"
         width = self.default_size[1] if width is None else width
-        checks.check_size(height, width)
-        return height, width
+        return checks.check_size(height, width)
 
     def sampling(self, steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
         """The requested DDIM steps and guidance scale, each defaulting to the model's (``default_sampling``: 25 and
         7.5 for SD1.5; the toy world's 10 and 5), checked."""
         steps = self.default_sampling[0] if steps is None else steps
         guidance_scale = self.default_sampling[1] if guidance_scale is None else guidance_scale
-        checks.check_sampling(steps, guidance_scale)
-        return steps, guidance_scale
+        return checks.check_sampling(steps, guidance_scale)
 
     # building blocks ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -260,6 +258,7 @@ class AnimateZeroPipeline(Applications):
         """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
         ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
         sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, height // 8, width // 8), seed)
@@ -335,6 +334,7 @@ class AnimateZeroPipeline(Applications):
     ) -> VideoResult:  # fmt: skip
         """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention.
         ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
@@ -370,6 +370,7 @@ class AnimateZeroPipeline(Applications):
         text embedding from ``prompt`` (frame 0) to ``end_prompt`` (last frame). Sampling uses the image's steps (the
         trajectories must line up), guidance scale and negative prompt unless given.
         """
+        checks.check_prompts(allow_none=True, prompt=prompt, negative_prompt=negative_prompt, end_prompt=end_prompt)
         anchors = [(0, image)] if last is None else [(0, image), (num_frames - 1, last)]
         self._require_motion(num_frames, minimum=len(anchors))
         controls = controls if controls is not None else Controls.paper()
@@ -404,6 +405,7 @@ class AnimateZeroPipeline(Applications):
         """Step 1 and step 2 in lockstep: image step i runs just before video step i, so the keys/values of only one
         step are ever held (instead of every step's), with results identical to :meth:`text_to_image` with
         ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from animatezero import checks, toyworld
 from animatezero.controls import BLOCKS, Controls
-from animatezero.io import MAX_IMAGE_PIXELS, ImageInputError, load_image
+from animatezero.io import MAX_UPLOAD_BYTES, UPLOAD_FORMATS, ImageInputError, check_image_file, load_image
 from animatezero.pipeline import AnimateZeroPipeline, new_seed
 from animatezero.results import ImageResult, VideoResult, psnr
 from experiments import cli, common
@@ -43,9 +43,6 @@ from experiments.runs import RunRecord, environment, prepare_run_dir
 
 MAX_PROMPT_TOKENS = 75  # CLIP reads 77 tokens: start, 75 of the prompt, end
 MAX_CANDIDATES = 8
-# Gradio refuses bigger uploads: no image within animatezero.io's pixel limit takes more bytes (RGBA, uncompressed).
-# What is decoded is bounded by animatezero.io.load_image's checks, the ones every entry point uses.
-MAX_UPLOAD_BYTES = 4 * MAX_IMAGE_PIXELS
 # The work one request may ask for, in megapixel-steps: UNet passes over one frame x its pixels / 1e6 (a 512x512 image
 # of 25 steps is 6.6). The defaults are sized for SD1.5: 16 is two 512x512 candidates of 25 steps on a CPU;
 # 2000 is 19 clips of 16 frames at 512x512 and 25 steps on a GPU. The toy world's requests (64x64) are far below both.
@@ -136,14 +133,20 @@ def controls_from(values: Mapping[str, Any]) -> Controls:
 
 
 def load_upload(path: str | Path | None, size: tuple[int, int], what: str = "image") -> torch.Tensor:
-    """An upload's pixels, read by :func:`animatezero.io.load_image` (header checks before decoding); messages name
-    the file as the user knows it, never the server's temporary path."""
+    """An upload's pixels for a ``size=(height, width)`` request, checked by :mod:`animatezero.io` (its size on disk
+    against ``MAX_UPLOAD_BYTES``, then the header alone: format, dimensions, decoding budget) and decoded within that
+    budget. Messages name the file as the user uploaded it, never the server's temporary path."""
     if path is None:
         raise AppInputError(f"no {what} uploaded: choose a PNG, JPEG or WebP file")
+    path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_UPLOAD_BYTES:
+            mb, limit = path.stat().st_size / 2**20, MAX_UPLOAD_BYTES / 2**20
+            raise AppInputError(f"the {what} {path.name!r} is {mb:.1f} MB; the limit is {limit:g} MB")
+        check_image_file(path, size, what=f"{what} {path.name!r}")  # before any decoding
         return load_image(path, size)
     except (ImageInputError, FileNotFoundError) as e:
-        raise AppInputError(str(e).replace(str(path), Path(path).name)) from None
+        raise AppInputError(str(e).replace(str(path), path.name)) from None
 
 
 # ------------------------------------------------------------------------------------------------- the work
@@ -403,7 +406,7 @@ def build_ui(session: Session):
 
     cfg, s, p = session.cfg, session.cfg.sampler, Controls.paper()
     track = gr.Progress()  # as a default argument it makes Gradio pass each event's progress bar
-    upload_types = [".png", ".jpg", ".jpeg", ".webp", ".bmp"]
+    upload_types = sorted({*UPLOAD_FORMATS.values(), ".jpeg"})
     w: dict[str, Any] = {}  # input widgets by Session argument
     c: dict[str, Any] = {}  # the controls panel by Controls field (a step range: <field>_from, <field>_to)
 

@@ -72,7 +72,7 @@ def test_flags_bind_localhost_by_default_and_pass_overrides_through():
             app.parse_args(bad)
 
 
-def test_uploads_are_checked_by_the_projects_reader_and_named_as_uploaded(tmp_path):
+def test_uploads_are_checked_by_the_projects_reader_and_named_as_uploaded(tmp_path, monkeypatch):
     good = tmp_path / "good.png"
     Image.new("RGB", (32, 24), (10, 20, 30)).save(good)
     assert app.load_upload(good, (64, 64)).shape == (3, 24, 32)
@@ -88,6 +88,9 @@ def test_uploads_are_checked_by_the_projects_reader_and_named_as_uploaded(tmp_pa
         app.load_upload(big, (64, 64))
     with pytest.raises(app.AppInputError, match="no image uploaded"):
         app.load_upload(None, (64, 64))
+    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 10)  # animatezero.io's limit, as the app uses it
+    with pytest.raises(app.AppInputError, match=r"the image 'good.png' is 0.0 MB; the limit is"):
+        app.load_upload(good, (64, 64))
 
 
 @pytest.mark.parametrize("name", Controls.PRESETS)
