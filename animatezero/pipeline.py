@@ -98,9 +98,10 @@ class AnimateZeroPipeline(Applications):
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
         references ``org/repo/file`` (downloaded on first use)."""
         from animatezero.hub import resolve_all
-        from models.loading import load_motion_lora, load_motion_module, load_sd15
+        from models.loading import check_lora_scale, load_motion_lora, load_motion_module, load_sd15
         from models.tokenizer import CLIPTokenizer
 
+        motion_lora_scale = check_lora_scale(motion_lora_scale)  # before any file is found or read
         # every file found first (offline: one error naming all that are missing), then loaded
         files = resolve_all({"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora})
         unet, vae, text_encoder = load_sd15(files["checkpoint"], device=device, dtype=dtype)
