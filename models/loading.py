@@ -180,7 +180,9 @@ def load_strict(
 ) -> nn.Module:
     """Assign ``sd`` to ``module`` strictly: every key must match in name and shape, or a :class:`KeyMismatchError`
     with a grouped diff (keys shown with ``key_prefix``, i.e. as in the file) is raised. Floating tensors are cast to
-    ``dtype`` and moved to ``device``; ``sd`` is consumed (emptied) so converted copies do not coexist with it."""
+    ``dtype`` and moved to ``device``; ``sd`` is consumed (emptied) so converted copies do not coexist with it.
+    NaN or infinite weights, in the file or after a narrowing cast, raise a
+    :class:`~models.readers.NonFiniteWeightsError` naming them."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = expected.keys() - sd.keys()
     unexpected = sd.keys() - expected.keys()
@@ -208,16 +210,20 @@ def load_strict(
             + "\n".join(f"    {shorten(k)}: {d}" for k, d in list(wrong_kind.items())[:8])
             + "\nQuantized or otherwise converted files are not supported; use the original fp16/fp32 checkpoint"
         )
-    converted = {}
+    # NaN weights only ever give black frames: say which at load time, from the file's own tensors (before any copy),
+    # and again after a narrowing cast (float32 -> float16 overflows above 65504)
+    check_finite_tensors(sd, f"the {what} weights", key_prefix=key_prefix)
+    converted, narrowed = {}, {}
     for k in list(sd):
         t = sd.pop(k)
         converted[k] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    # NaN weights only ever give black frames; say which, at load time (checked as converted: a cast can overflow)
+        if t.is_floating_point() and torch.finfo(dtype).max < torch.finfo(t.dtype).max:
+            narrowed[k] = converted[k]
     check_finite_tensors(
-        converted,
+        narrowed,
         f"the {what} weights",
         key_prefix=key_prefix,
-        note=f" (in the file, or overflowing when cast to {str(dtype).removeprefix('torch.')})",
+        note=f" (finite in the file, overflowing when cast to {str(dtype).removeprefix('torch.')})",
     )
     module.load_state_dict(converted, strict=True, assign=True)
     for sub in module.modules():  # non-persistent buffers (not in any file) are computed where the weights landed
