@@ -169,17 +169,17 @@ def check_zip_members(path: str | os.PathLike, size: int | None = None) -> None:
     total = 0
     for info in infos:
         total += info.file_size
-        if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
-            raise CorruptCheckpointError(
-                f"{path}: its pickle ({shorten(info.filename)}) is {info.file_size:,} bytes, more than any supported "
-                f"checkpoint needs to describe its tensors (limit {MAX_PICKLE_BYTES:,}); it holds something else or "
-                f"a huge number of tensors. Nothing was unpickled"
-            )
         if info.file_size > MAX_ZIP_RATIO * info.compress_size + MAX_ZIP_SLACK:
             raise CorruptCheckpointError(
                 f"{path}: zip member {shorten(info.filename)!r} would inflate from {info.compress_size:,} to "
                 f"{info.file_size:,} bytes (ratio over {MAX_ZIP_RATIO}); torch checkpoints are stored uncompressed, "
                 f"so this is a zip bomb or a corrupt file. Nothing was unpacked"
+            )
+        if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise CorruptCheckpointError(
+                f"{path}: its pickle ({shorten(info.filename)}) is {info.file_size:,} bytes, more than any supported "
+                f"checkpoint needs to describe its tensors (limit {MAX_PICKLE_BYTES:,}); it holds something else or "
+                f"a huge number of tensors. Nothing was unpickled"
             )
     if total > MAX_ZIP_RATIO * size + MAX_ZIP_SLACK:
         raise CorruptCheckpointError(
