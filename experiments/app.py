@@ -628,8 +628,8 @@ def build_ui(session: Session):
 
         def on_extend(data: dict, request, progress=track):
             try:
-                fields = named(data, "frames", "fps", "loras")
-                run = session.extend(data[run_state], **fields, owner=request.session_hash, progress=progress)
+                args = named(data, "frames", "fps", "loras")
+                run = session.extend(data[run_state], **args, owner=request.session_hash, progress=progress)
                 return finish(run, data[history_state])
             except Exception as e:  # noqa: BLE001
                 return fail(e)
