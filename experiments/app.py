@@ -247,6 +247,8 @@ class Session:
             return None
         items = [item.strip() for item in str(text).strip().strip("[]").split(",") if item.strip()]
         entries = [cli.parse_lora_entry(item, f"lora[{i}]") for i, item in enumerate(items)]
+        if not entries:
+            return {}
         cfg = copy.deepcopy(self.cfg)
         cfg.lora = [{"path": ref, "scale": scale} for ref, scale in entries]
         return self.lora_records(common.resolve_checkpoints(cfg))
