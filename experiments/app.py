@@ -11,9 +11,9 @@ code as the ``animatezero`` CLI (experiments/cli.py, experiments/common.py), onc
 queue of one); each is refused before any work when it exceeds the per-request budget (``--budget``), and *Stop* ends
 the running one between two sampling steps. The *LoRAs* field (``style.safetensors:0.8, other.safetensors``; initially
 the launch config's ``lora``) is parsed and its files resolved by the CLI's code before any work, and merged into the
-model (``set_loras``) when a request asks for other LoRAs than the ones merged. Each animation becomes a run directory made and recorded by
-experiments/runs.py (``<paths.output_root>/app/<date>/<time>``: the CLI's files plus frames.zip) whose files the page
-offers for download.
+model (``set_loras``) when a request asks for other LoRAs than the ones merged (docs/lora.md). Each animation becomes a
+run directory made and recorded by experiments/runs.py (``<paths.output_root>/app/<date>/<time>``: the CLI's files plus
+frames.zip) whose files the page offers for download.
 
 Needs the ``app`` extra: ``pip install -e ".[app]"``.
 """
@@ -262,8 +262,7 @@ class Session:
         with self.lock, common.cpu_threads(self.cfg.model.cpu_threads):
             if loras is not None and loras != self.lora_records(self.checkpoints):
                 self.pipe.set_loras(common.lora_files(loras))  # every file checked first: nothing changes on an error
-                base = {k: v for k, v in self.checkpoints.items() if k not in self.lora_records(self.checkpoints)}
-                self.checkpoints = base | loras
+                self.checkpoints = {k: v for k, v in self.checkpoints.items() if not k.startswith("lora_")} | loras
             yield Job(total, desc, stop, progress, dict(self.checkpoints))
 
     def check_budget(self, what: str, count: int, steps: int, height: int, width: int, unit: str, extra: int = 0):
