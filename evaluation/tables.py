@@ -143,7 +143,7 @@ def read_object(path: Path) -> dict | None:
         return None
     if not isinstance(value, dict):
         kind = type(value).__name__
-        print(f"warning: {path}: holds a JSON {kind}, not an object; this run is left out of the tables", file=sys.stderr)
+        print(f"warning: {path}: a JSON {kind}, not an object; this run is left out of the tables", file=sys.stderr)
         return None
     return value
 
