@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.timebox import TAIL, Part, run_parts  # noqa: E402  (each part in its own time box)
+from tests.timebox import TAIL, Part, run_parts  # noqa: E402  (standard library only, as the device needs)
 
 OPTIONAL = ("diffusers", "open_clip", "ftfy", "wcwidth")  # missing from the device image (import names)
 

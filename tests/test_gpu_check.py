@@ -1,5 +1,5 @@
 """scripts/gpu_check.py, run as on the device machine: the dry run (CPU, tiny) writes its JSON and Markdown, and an
-unknown part is refused. Its runner (:mod:`experiments.timebox`): a part past its time box is killed and recorded
+unknown part is refused. Its runner (``tests/timebox.py``): a part past its time box is killed and recorded
 while the next part still runs."""
 
 import json
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.timebox import Part, run_parts
+from tests.timebox import Part, run_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,8 @@
 """Commands run one after another, each in its own process group under its own time box, within an overall budget:
 a part that fails, hangs or runs out of time is killed (with anything it started) and recorded, and the next part
-still runs. The runner of ``scripts/gpu_check.py``'s device check, where a hung CUDA call must not cost the rest."""
+still runs. The runner of ``scripts/gpu_check.py``'s device check (which runs the GPU tests), where a hung CUDA call
+must not cost the rest. Standard library only: the device image has torch but not the project's other packages
+(hydra, omegaconf), and this module must import there (as ``tests/oracle.py``, it lives beside the tests it runs)."""
 
 from __future__ import annotations
 
