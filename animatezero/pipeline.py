@@ -125,14 +125,14 @@ class AnimateZeroPipeline(Applications):
         and guidance as the model's ``default_sampling`` unless one is passed (docs/fewstep.md)."""
         from animatezero.hub import resolve_all
         from models.families import few_step_family
-        from models.loading import load_motion_lora, load_motion_module, load_sd15
+        from models.loading import check_lora_scale, load_motion_lora, load_motion_module, load_sd15
         from models.lora import read_lora
         from models.tokenizer import CLIPTokenizer
 
+        motion_lora_scale = check_lora_scale(motion_lora_scale)  # before any file is found or read
         few_step = few_step_family(str(motion_module)) if motion_module is not None else None
         if few_step is not None:
             kwargs.setdefault("default_sampling", few_step[1])
-
         # every file found first (offline: one error naming all that are missing), then loaded
         loras = _check_loras(loras)
         refs = {"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora}

@@ -56,6 +56,13 @@ def _number(key: str, value: Any, low: float, hint: str) -> float:
     return number
 
 
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def parse_size(value: Any) -> tuple[int, int]:
     """``size=512`` (square) or ``size=768x512`` (width x height) -> ``(height, width)``."""
     text = str(value).lower().replace(" ", "")
@@ -109,6 +116,9 @@ def check_values(cfg: DictConfig) -> None:
         size = "size" if cfg.get("size") is not None else None
         check_size_value(size or "sampler.height", cfg.sampler.height)
         check_size_value(size or "sampler.width", cfg.sampler.width)
+    scale = OmegaConf.select(cfg, "motion.lora_scale", default=None)
+    if scale is not None and (isinstance(scale, bool) or not math.isfinite(_float_or_nan(scale))):
+        raise ConfigError(f"motion.lora_scale={scale} must be a finite number; e.g. motion.lora_scale=0.8 (0: off)")
     mode = OmegaConf.select(cfg, "wandb.mode", default=None)
     if mode is not None and mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"wandb.mode={mode} is not a W&B mode; use offline, online or disabled")
