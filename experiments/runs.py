@@ -39,6 +39,7 @@ from animatezero.io import (  # noqa: F401
     PARTIAL,
     OutputDirError,
     OutputWriteError,
+    atomic_path,
     pid_alive,
     remove_orphans,
     write_json,
@@ -50,6 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 NAME_MAX = 255  # the longest file or folder name file systems accept
 MAX_ERROR = 1000  # characters of an error kept in run.json
+RESERVE = 2 * MAX_ERROR + 512  # spare bytes in a running run.json: the failed record fits in place (RunRecord.write)
 
 
 def max_name_length() -> int:
@@ -234,8 +236,14 @@ class RunRecord:
             self.data["timings"][key] = round(self.data["timings"].get(key, 0.0) + time.perf_counter() - t, 4)
 
     def write(self, run_dir: str | os.PathLike | None = None) -> Path:
+        """Write run.json atomically. While the run is ``running`` the file ends in :data:`RESERVE` spaces (JSON
+        allows them): room for the final status and its error, written in place if the disk fills up."""
         path = Path(run_dir or self.run_dir) / RUN_JSON
-        write_json(path, self.data)
+        text = json.dumps(self.data, indent=2, default=str) + "\n"
+        if self.data["status"] == "running":
+            text += " " * RESERVE + "\n"
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
         return path
 
     def _close(self, status: str, run_dir: str | os.PathLike | None, **fields: Any) -> Path:
@@ -252,7 +260,8 @@ class RunRecord:
         """Record ``error`` (``failed``, or ``interrupted`` for Ctrl-C / SIGTERM). Never raises: the caller re-raises
         ``error``, which is the one to report. When run.json cannot be replaced (a full disk: the failed output was
         the disk filling up), it is rewritten in place over its own bytes, which needs no new space: the whole
-        record if it fits, else the record without its ``config``, else the status and error alone."""
+        record (it fits in the :data:`RESERVE` a running run.json ends with), else the record without its
+        ``config``, else the status and error alone."""
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         message = " ".join(f"{type(error).__name__}: {error}".split())
         message = message if len(message) <= MAX_ERROR else f"{message[: MAX_ERROR - 20]}... ({len(message)} chars)"
