@@ -28,7 +28,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # model.device: one of these, or cuda:
 # top-level shortcut -> the sampler key it sets ("size" sets both height and width)
 SHORTCUTS = {"steps": "sampler.steps", "frames": "sampler.num_frames", "guidance": "sampler.guidance_scale"}
 # settings that name a file or folder (those present in a config are checked: not empty, no over-long name)
-PATH_KEYS = (
+PATH_KEYS = (  # the roots first: a bad paths.cache_dir is named as such, not as the checkpoint inside it
+    "paths.output_root",
+    "paths.multirun_root",
+    "paths.cache_dir",
     "out_dir",
     "sweep_dir",
     "run_dir",
@@ -40,9 +43,6 @@ PATH_KEYS = (
     "model.checkpoint",
     "motion.checkpoint",
     "motion.lora",
-    "paths.output_root",
-    "paths.multirun_root",
-    "paths.cache_dir",
 )
 
 

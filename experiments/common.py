@@ -22,7 +22,7 @@ from animatezero.hub import checkpoint_sha256, resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult
-from experiments.cli import SHORTCUTS, ConfigError, shorten
+from experiments.cli import DEVICES, SHORTCUTS, ConfigError, shorten
 from experiments.runs import check_name, distinct_outputs, inside, max_name_length
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,7 +52,7 @@ def pick_device(spec: str) -> str:
     spec = str(spec)
     kind, _, index = spec.partition(":")
     if spec != "auto":
-        if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        if kind not in DEVICES or kind == "auto" or (index and (kind != "cuda" or not index.isdigit())):
             raise ConfigError(f"model.device={spec} is not a device this pipeline runs on; use auto, cpu, cuda or mps")
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"model.device={spec} but CUDA is not available here; use model.device=cpu or auto")
@@ -112,8 +112,8 @@ def check_like_the_pipeline(cfg: DictConfig, *, min_frames: int = 1) -> None:
     size = f"size={cfg.size}" if cfg.get("size") is not None else f"sampler.height={height}, sampler.width={width}"
     _ask(size, checks.check_size, height, width)
     steps, guidance = int(sampler.steps), float(sampler.guidance_scale)
-    _ask(f"{name('sampler.steps')}={steps}, {name('sampler.guidance_scale')}={guidance:g}", checks.check_sampling,
-         steps, guidance)  # fmt: skip
+    typed_sampling = f"{name('sampler.steps')}={steps}, {name('sampler.guidance_scale')}={guidance:g}"
+    _ask(typed_sampling, checks.check_sampling, steps, guidance)
     frames = int(sampler.num_frames)
     _ask(f"{name('sampler.num_frames')}={frames}", checks.check_frames, frames, min_frames)
     for key in ("seed", "end_seed", "sampler.seed"):
@@ -363,11 +363,13 @@ def check_output_name(key: str, path: Path, *, image: bool) -> None:
     if image:
         fmt = Image.registered_extensions().get(suffix)
         if fmt is None or fmt not in Image.SAVE:
-            raise ConfigError(f"{key}={path.name}: {suffix or 'no suffix'} is not an image format that can be "
-                              "written; use .png (or .jpg, .webp)")  # fmt: skip
+            what = suffix or "no suffix"
+            raise ConfigError(f"{key}={path.name}: {what} is not an image format that can be written; use .png")
     elif suffix not in VIDEO_SUFFIXES:
-        raise ConfigError(f"{key}={path.name}: {suffix} is not a video format that can be written; use .mp4 or "
-                          ".gif, or a name without a suffix for a folder of PNG frames")  # fmt: skip
+        raise ConfigError(
+            f"{key}={path.name}: {suffix} is not a video format that can be written; use .mp4 or .gif, or a name "
+            "without a suffix for a folder of PNG frames"
+        )
     if len(path.name.encode()) > max_name_length():
         raise ConfigError(f"{key}={shorten(path.name, 60)} is too long: at most {max_name_length()} characters")
 

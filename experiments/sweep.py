@@ -181,12 +181,14 @@ def sweep(cfg: DictConfig) -> Path:
 
         def summary(how: str) -> None:
             left = len(todo) - finished - failed - len(elsewhere) - len(busy)
-            others = f"{len(elsewhere)} made by another runner, " if elsewhere else ""
-            others += f"{len(busy)} being made by another runner ({claim_holder(busy[0])}), " if busy else ""
+            ended = [(d, who) for d, who in busy if (run := read_run(d)) is not None and run.get("status") == "done"]
+            made, making = len(elsewhere) + len(ended), [who for d, who in busy if (d, who) not in ended]
+            others = f"{made} made by another runner, " if made else ""
+            others += f"{len(making)} being made by another runner ({making[0]}), " if making else ""
             print(
                 f"[sweep] {how}: {finished} done, {total - len(todo)} skipped (already done), {others}{failed} failed, "
                 f"{left} not run, {time.perf_counter() - t0:.1f} s"
-                + ("; run the same command again to resume" if left or failed or busy else "")
+                + ("; run the same command again to resume" if left or failed or making else "")
             )
 
         sampler = {k: int(cfg.sampler[k]) for k in ("height", "width", "steps", "num_frames")}
@@ -201,7 +203,7 @@ def sweep(cfg: DictConfig) -> Path:
                     item_dir = inside(root, f"{label}/{item['dirname']}", "sweep item")
                     held = claim(item_dir)
                     if held is None:
-                        busy.append(item_dir)
+                        busy.append((item_dir, claim_holder(item_dir)))
                     elif (
                         (done := read_run(item_dir)) is not None
                         and done.get("status") == "done"

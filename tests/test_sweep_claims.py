@@ -2,6 +2,7 @@
 is made, so two identical sweeps no longer both compute everything and each report all done. A claim dies with its
 process (``kill -9`` included), so the items of a dead runner are taken over."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -78,7 +79,10 @@ def test_two_runners_split_the_items(tmp_path, tiny_cache, monkeypatch, capsys):
     assert len(made) == 4  # each item made once (without claims: 8, every item twice)
     assert sorted(made) == ["runner0", "runner0", "runner1", "runner1"]  # and the work split between them
     out = capsys.readouterr().out
-    assert out.count("summary: 2 done") == 2 and "being made by another runner" in out
+    summaries = [line for line in out.splitlines() if "summary:" in line]
+    assert len(summaries) == 2 and all("summary: 2 done" in line for line in summaries)
+    for line in summaries:  # each reports the other's two items (made by now, or still being made)
+        assert sum(int(n) for n in re.findall(r"(\d+) (?:being )?made by another runner", line)) == 2, line
     assert not list(root.rglob(".*claim"))  # claims are removed with their items
 
 
