@@ -181,12 +181,11 @@ def test_checkpoint_directory_and_missing_local_path_from_the_cli(tmp_path, monk
 
 
 def test_a_run_failing_later_keeps_its_failed_run_json_only(tiny_cache, tmp_path, monkeypatch, capsys):
-    from experiments import common
-
     def broken(*args, **kwargs):
         raise ValueError("the pipeline refused this")
 
-    monkeypatch.setattr(common, "load_pipeline", broken)
+    # sampling fails after the run folder exists (the weights are loaded before it: a load failure leaves nothing)
+    monkeypatch.setattr(gen, "image_and_video", broken)
     monkeypatch.chdir(tmp_path)
     argv = ["animatezero", "prompt=x", "debug=tiny", f"paths.cache_dir={tiny_cache}", "out_dir=run"]
     code, _, err = run_main(gen.main, argv, monkeypatch, capsys)
