@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from animatezero.checks import MIN_SIZE, check_finite, check_size
+from animatezero.checks import MIN_SIZE, check_prompts, check_size
 from animatezero.controls import Controls
-from animatezero.io import check_image_size, load_image
+from animatezero.io import check_image_file, check_image_size, image_tensor, load_image
 from animatezero.results import ImageResult, VideoResult, psnr
 from models.ddim import ddim_invert
 
@@ -21,55 +23,16 @@ from models.ddim import ddim_invert
 class Applications:
     """The applications, as methods of the pipeline (``self`` is an ``AnimateZeroPipeline``)."""
 
-    @torch.inference_mode()
-    def interpolate(
-        self,
-        first: ImageResult,
-        last: ImageResult,
-        prompt: str | None = None,
-        *,
-        controls: Controls | None = None,
-        num_frames: int = 16,
-        seed: int | None = None,
-        latents: Tensor | None = None,
-        negative_prompt: str | None = None,
-        guidance_scale: float | None = None,
-        callback=None,
-    ) -> VideoResult:
-        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; see README):
-        both trajectories are inserted (frame 0 and frame f-1), keys/values cross-fade from the first image's to the
-        last's, and the window attention is anchored at both ends. Both anchor frames are reproduced exactly."""
-        args = (controls, num_frames, seed, latents, negative_prompt, guidance_scale, None, callback)
-        return self._animate([(0, first), (num_frames - 1, last)], prompt, *args)
+    def interpolate(self, first: ImageResult, last: ImageResult, prompt: str | None = None, **kwargs) -> VideoResult:
+        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; see
+        docs/method.md): both trajectories are inserted (frame 0 and frame f-1), keys/values cross-fade from the first
+        image's to the last's, and the window attention is anchored at both ends. Both anchor frames are reproduced
+        exactly. ``kwargs`` are :meth:`animate`'s."""
+        return self.animate(first, prompt, last=last, **kwargs)
 
     def loop(self, image: ImageResult, prompt: str | None = None, **kwargs) -> VideoResult:
         """A looping clip: first and last frame are both ``image``."""
-        return self.interpolate(image, image, prompt, **kwargs)
-
-    def baseline_video(
-        self,
-        image: ImageResult,
-        prompt: str | None = None,
-        *,
-        num_frames: int = 16,
-        seed: int | None = None,
-        sliding_windows: bool = False,
-        callback=None,
-    ) -> VideoResult:
-        """Plain AnimateDiff text-to-video (every control off: the baseline row) with ``image``'s prompt (or
-        ``prompt``), negative prompt, size, steps and guidance, so it is compared with AnimateZero like for like."""
-        return self.text_to_video(
-            prompt or image.prompt,
-            num_frames=num_frames,
-            negative_prompt=image.negative_prompt,
-            height=image.height,
-            width=image.width,
-            steps=image.steps,
-            guidance_scale=image.guidance_scale,
-            seed=seed,
-            sliding_windows=sliding_windows,
-            callback=callback,
-        )
+        return self.animate(image, prompt, last=image, **kwargs)
 
     def candidates(self, prompt: str, seeds: list[int], **kwargs) -> list[ImageResult]:
         """Interactive generation, step 1: several images of one prompt; animate the one you like."""
@@ -89,6 +52,7 @@ class Applications:
         """DDIM inversion of a clean latent ``[1, 4, h, w]`` along this pipeline's timesteps (conditional branch only,
         as usual for inversion), giving a trajectory that :meth:`animate` consumes. ``guidance_scale`` is the one the
         animation will use."""
+        check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         latent = latent.to(self.device, self.dtype)
         cond = self.encode_prompt(prompt)
@@ -99,7 +63,7 @@ class Applications:
     @torch.inference_mode()
     def invert_image(
         self,
-        image: str | os.PathLike | Tensor,
+        image: str | os.PathLike | Tensor | np.ndarray | Image.Image,
         prompt: str = "",
         *,
         height: int | None = None,
@@ -110,18 +74,30 @@ class Applications:
     ) -> ImageResult:
         """Real-image animation, step 1: fit the image to the model's grid (:func:`fit_image`), VAE-encode it and
         DDIM-invert it. ``result.image`` is the VAE reconstruction (what frame 0 will show);
-        ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
-        size = (height, width) if height is not None and width is not None else None
-        pixels = load_image(image, size) if not isinstance(image, Tensor) else image.float()
-        check_finite(pixels, "the image's pixels")
-        pixels = fit_image(pixels, height, width, short_side=min(self.default_size))  # [3, H, W] in [0, 1]
+        ``result.info["psnr_db"]`` is its PSNR against the fitted input.
+
+        ``image``: a file path (decoded within a budget set by the requested size: :func:`animatezero.io.load_image`),
+        a PIL image, or a tensor or array (``[3, H, W]`` or ``[H, W, 3]``, grey or RGBA too; uint8 0..255 or float
+        0..1: :func:`animatezero.io.image_tensor`). Every argument is checked before anything is decoded."""
+        check_prompts(prompt=prompt, negative_prompt=negative_prompt)
+        self.sampling(steps, guidance_scale)
+        short_side = min(self.default_size)
+        if isinstance(image, (str, os.PathLike)):
+            if height is None or width is None:  # the grid follows the file's upright size, read from its header
+                height, width = fit_size(*check_image_file(image), height, width, short_side)
+            height, width = check_size(height, width)  # before the file is decoded
+            pixels = load_image(image, (height, width))  # [3, h, w] in [0, 1], h and w >= the request
+        else:
+            pixels = image_tensor(image)  # [3, h, w] in [0, 1]
+        pixels = fit_image(pixels, height, width, short_side=short_side)  # [3, H, W] in [0, 1]
         with self.runner.using(self.vae):
             latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
         result = self.invert_latent(
             latent, prompt, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt
         )
         result.info.update(
-            psnr_db=psnr(result.image, pixels), source=str(image) if not isinstance(image, Tensor) else "tensor"
+            psnr_db=psnr(result.image, pixels),
+            source=str(image) if isinstance(image, (str, os.PathLike)) else "tensor",
         )
         return result
 
@@ -137,9 +113,11 @@ class Applications:
         negative_prompt: str = "",
         controls: Controls | None = None,
         seed: int | None = None,
+        callback=None,
     ) -> VideoResult:
         """A longer clip: the last frame of ``video`` (its latent, DDIM-inverted) is animated into a new clip that is
-        appended without repeating the shared frame, so the join is seamless."""
+        appended without repeating the shared frame, so the join is seamless. ``callback`` sees every step of the new
+        clip's sampling, as in :meth:`animate`."""
         prompt = video.prompt if prompt is None else prompt
         last = self.invert_latent(
             video.latents[:, :, -1],
@@ -149,14 +127,24 @@ class Applications:
             negative_prompt=negative_prompt,
             image=video.frames[-1],
         )
-        more = self.animate(last, prompt, controls=controls, num_frames=num_frames, seed=seed)
+        more = self.animate(last, prompt, controls=controls, num_frames=num_frames, seed=seed, callback=callback)
         return VideoResult(
             frames=torch.cat([video.frames, more.frames[1:]]),
             latents=torch.cat([video.latents, more.latents[:, :, 1:].to(video.latents.device)], dim=2),
             prompt=prompt,
             seed=more.seed,
-            info={"segments": [video.num_frames, more.num_frames - 1]},
+            info={"mode": more.info["mode"], "segments": [video.num_frames, more.num_frames - 1]},
         )
+
+
+def fit_size(h: int, w: int, height: int | None, width: int | None, short_side: int = 512) -> tuple[int, int]:
+    """The grid an ``h`` x ``w`` image is fitted to: ``height`` and ``width`` where given; otherwise the short side
+    becomes ``short_side`` and each side a multiple of 8 (the VAE's factor)."""
+    if height is None or width is None:
+        scale = short_side / min(h, w)
+        height = height or max(MIN_SIZE, int(h * scale) // 8 * 8)
+        width = width or max(MIN_SIZE, int(w * scale) // 8 * 8)
+    return height, width
 
 
 def fit_image(image: Tensor, height: int | None = None, width: int | None = None, short_side: int = 512) -> Tensor:
@@ -169,11 +157,7 @@ def fit_image(image: Tensor, height: int | None = None, width: int | None = None
     :func:`animatezero.io.check_image_size`."""
     _, h, w = image.shape
     check_image_size(h, w)
-    if height is None or width is None:
-        scale = short_side / min(h, w)
-        height = height or max(MIN_SIZE, int(h * scale) // 8 * 8)
-        width = width or max(MIN_SIZE, int(w * scale) // 8 * 8)
-    check_size(height, width)
+    height, width = check_size(*fit_size(h, w, height, width, short_side))
     # the centered source region with the target's aspect ratio: [3, crop_h, crop_w]
     if w * height > h * width:
         crop_h, crop_w = h, max(1, round(h * width / height))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace as replace_fields
 
 import torch
@@ -20,8 +21,8 @@ from animatezero.checks import NonFiniteError, new_seed
 from animatezero.controls import Controls
 from animatezero.hooks import installed
 from animatezero.hub import default_cache_dir
-from animatezero.method import AnchorFrame, LockstepImage, recorders, sample_video, stepped_denoiser
-from animatezero.processors import KVBank, StepState
+from animatezero.method import LockstepImage, recorders, sample_video, stepped_denoiser
+from animatezero.processors import Anchor, KVBank, StepState
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult, psnr
 from models.ddim import DDIMSchedule, ddim_sample
@@ -36,6 +37,20 @@ OOM_ADVICE = (
 )
 
 
+def _check_loras(loras: Sequence[tuple[str | os.PathLike, float]]) -> list[tuple[str | os.PathLike, float]]:
+    """``[(path_or_hub, scale), ...]`` checked: pairs, with finite scales."""
+    from models.lora import check_scale
+
+    if isinstance(loras, str | os.PathLike):
+        raise ValueError(f"loras= takes a list of (path, scale) pairs, e.g. loras=[({str(loras)!r}, 0.8)]")
+    out = []
+    for i, entry in enumerate(loras):
+        if not isinstance(entry, tuple | list) or len(entry) != 2 or not isinstance(entry[0], str | os.PathLike):
+            raise ValueError(f"loras[{i}] = {entry!r} is not a (path, scale) pair, e.g. ('style.safetensors', 0.8)")
+        out.append((entry[0], check_scale(entry[1], f"loras[{i}]")))
+    return out
+
+
 class AnimateZeroPipeline(Applications):
     """SD1.5 + AnimateDiff with AnimateZero's controls.
 
@@ -47,6 +62,7 @@ class AnimateZeroPipeline(Applications):
     """
 
     progress: bool = True
+    loras: list[tuple[str, float]] = []  # the SD1.5 LoRAs merged now (set_loras)
 
     def __init__(
         self, unet, vae, text_encoder, tokenizer, motion_module=None, *, schedule: DDIMSchedule | None = None,
@@ -93,16 +109,22 @@ class AnimateZeroPipeline(Applications):
     def from_single_files(
         cls, checkpoint: str | os.PathLike, motion_module: str | os.PathLike | None = None, *,
         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0, **kwargs,
+        motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0,
+        loras: Sequence[tuple[str | os.PathLike, float]] = (), **kwargs,
     ) -> AnimateZeroPipeline:  # fmt: skip
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
-        references ``org/repo/file`` (downloaded on first use)."""
+        references ``org/repo/file`` (downloaded on first use). ``loras``: SD1.5 LoRAs ``[(path_or_hub, scale), ...]``
+        merged into the UNet and text encoder (docs/lora.md); :meth:`set_loras` changes them later."""
         from animatezero.hub import resolve_all
         from models.loading import load_motion_lora, load_motion_module, load_sd15
+        from models.lora import read_lora
         from models.tokenizer import CLIPTokenizer
 
         # every file found first (offline: one error naming all that are missing), then loaded
-        files = resolve_all({"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora})
+        loras = _check_loras(loras)
+        refs = {"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora}
+        files = resolve_all(refs | {f"loras[{i}]": ref for i, (ref, _) in enumerate(loras)})
+        parsed = [(read_lora(files[f"loras[{i}]"]), scale) for i, (_, scale) in enumerate(loras)]  # before the model
         unet, vae, text_encoder = load_sd15(files["checkpoint"], device=device, dtype=dtype)
         motion = None
         if motion_module is not None:
@@ -111,7 +133,32 @@ class AnimateZeroPipeline(Applications):
                 load_motion_lora(files["motion_lora"], motion, alpha=motion_lora_scale)
         elif motion_lora is not None:
             raise ValueError("a motion LoRA needs a motion module: pass motion_module= as well")
-        return cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+        pipe = cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+        if parsed:
+            pipe._merge_loras(parsed, [(str(ref), scale) for ref, scale in loras])
+        return pipe
+
+    def set_loras(self, loras: Sequence[tuple[str | os.PathLike, float]]) -> list[str]:
+        """Replace the merged SD1.5 LoRAs by ``[(path_or_hub, scale), ...]`` without reloading the checkpoint: every
+        file is read and checked against the networks first (nothing changes on an error), then each touched weight
+        becomes ``W_base + sum scale_i * alpha_i / rank_i * up_i @ down_i``. ``set_loras([])`` restores the base
+        weights bit for bit. Returns the touched weights (``unet:<name>`` / ``text_encoder:<name>``)."""
+        from animatezero.hub import resolve_all
+        from models.lora import read_lora
+
+        loras = _check_loras(loras)
+        files = resolve_all({f"loras[{i}]": ref for i, (ref, _) in enumerate(loras)})
+        parsed = [(read_lora(files[f"loras[{i}]"]), scale) for i, (_, scale) in enumerate(loras)]
+        return self._merge_loras(parsed, [(str(ref), scale) for ref, scale in loras])
+
+    def _merge_loras(self, parsed, loras: list[tuple[str, float]]) -> list[str]:
+        from models.lora import LoRAMerger
+
+        if getattr(self, "_lora_merger", None) is None:
+            self._lora_merger = LoRAMerger({"unet": self.unet, "text_encoder": self.text_encoder})
+        touched = self._lora_merger.set(parsed)
+        self.loras = loras  # what is merged now, as given
+        return touched
 
     @classmethod
     def toyworld(cls, *, device: str | torch.device = "cpu", **kwargs) -> AnimateZeroPipeline:
@@ -128,16 +175,14 @@ class AnimateZeroPipeline(Applications):
         """The requested size, each side defaulting to the model's (``default_size``: 512x512 for SD1.5), checked."""
         height = self.default_size[0] if height is None else height  # 0 is refused, not taken for "default"
         width = self.default_size[1] if width is None else width
-        checks.check_size(height, width)
-        return height, width
+        return checks.check_size(height, width)
 
     def sampling(self, steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
         """The requested DDIM steps and guidance scale, each defaulting to the model's (``default_sampling``: 25 and
         7.5 for SD1.5; the toy world's 10 and 5), checked."""
         steps = self.default_sampling[0] if steps is None else steps
         guidance_scale = self.default_sampling[1] if guidance_scale is None else guidance_scale
-        checks.check_sampling(steps, guidance_scale)
-        return steps, guidance_scale
+        return checks.check_sampling(steps, guidance_scale)
 
     # building blocks ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -213,6 +258,7 @@ class AnimateZeroPipeline(Applications):
         """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
         ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
         sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, height // 8, width // 8), seed)
@@ -270,10 +316,15 @@ class AnimateZeroPipeline(Applications):
         alpha = torch.linspace(0, 1, num_frames, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
         return torch.lerp(start[:, None], self.encode_prompt(end_prompt)[:, None], alpha)  # [1, f, 77, d]
 
-    def _sample_video(self, x, cond, uncond, guidance_scale, steps, controls, anchors, callback, image=None) -> Tensor:
+    def _sample_video(
+        self, x: Tensor, *, cond: Tensor, uncond: Tensor, guidance_scale: float, steps: int, controls: Controls,
+        anchors: list[Anchor], callback, image: LockstepImage | None = None,
+    ) -> Tensor:  # fmt: skip
         with step_bar(steps, "video", callback, self.progress) as step:
-            args = (x, cond, uncond, guidance_scale, steps, controls, anchors)
-            return sample_video(self.runner, self.schedule, *args, image=image, callback=step)
+            return sample_video(
+                self.runner, self.schedule, x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps,
+                controls=controls, anchors=anchors, image=image, callback=step,
+            )  # fmt: skip
 
     @torch.inference_mode()
     def text_to_video(
@@ -283,58 +334,66 @@ class AnimateZeroPipeline(Applications):
     ) -> VideoResult:  # fmt: skip
         """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention.
         ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, num_frames, height // 8, width // 8), seed)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, steps, controls, [], callback)
-        return self._video_result(z0, prompt, seed)
-
-    def _animate(
-        self, anchors: list[tuple[int, ImageResult]], prompt: str | None, controls: Controls | None, num_frames: int,
-        seed: int | None, latents: Tensor | None, negative_prompt: str | None, guidance_scale: float | None,
-        end_prompt: str | None, callback,
-    ) -> VideoResult:  # fmt: skip
-        """Step 2 with one anchor image (frame 0) or two (frame 0 and the last): :meth:`animate`, ``interpolate``."""
-        self._require_motion(num_frames, minimum=len(anchors))
-        controls = controls if controls is not None else Controls.paper()
-        first = anchors[0][1]
-        guidance_scale = first.guidance_scale if guidance_scale is None else guidance_scale
-        cached = controls.share_kv and controls.kv_source == "cached"
-        checks.check_anchors([image for _, image in anchors], self.schedule, guidance_scale, cached)
-        prompt = first.prompt if prompt is None else prompt
-        negative_prompt = first.negative_prompt if negative_prompt is None else negative_prompt
-        x, seed = self._start(latents, (1, 4, num_frames, *first.latent.shape[-2:]), seed)
-        cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
-        frames = [
-            AnchorFrame(
-                f, im.trajectory, (self.record_features(im) if im.kv_bank is None else im.kv_bank) if cached else None
-            )
-            for f, im in anchors
-        ]
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, first.steps, controls, frames, callback)
+        z0 = self._sample_video(
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps, controls=controls, anchors=[],
+            callback=callback,
+        )  # fmt: skip
         video = self._video_result(z0, prompt, seed)
-        for frame, image in anchors:  # how exactly each anchor frame came out (the paper's promise)
-            video.info[f"frame{frame}_psnr_db"] = psnr(video.frames[frame], image.image)
+        video.info["mode"] = "animatediff"
         return video
 
     @torch.inference_mode()
     def animate(
-        self, image: ImageResult, prompt: str | None = None, *, controls: Controls | None = None, num_frames: int = 16,
-        seed: int | None = None, latents: Tensor | None = None, negative_prompt: str | None = None,
-        guidance_scale: float | None = None, end_prompt: str | None = None, callback=None,
+        self, image: ImageResult, prompt: str | None = None, *, last: ImageResult | None = None,
+        controls: Controls | None = None, num_frames: int = 16, seed: int | None = None, latents: Tensor | None = None,
+        negative_prompt: str | None = None, guidance_scale: float | None = None, end_prompt: str | None = None,
+        callback=None,
     ) -> VideoResult:  # fmt: skip
         """Step 2 (paper Sec. 4): animate ``image`` (a step-1 or inverted result) into a clip whose first frame is
-        that image.
+        that image; the one place that decides what kind of clip a request makes (``video.info["mode"]``):
+
+        * ``"animatezero"``: one anchor, frame 0;
+        * ``"interpolation"`` with ``last``: the clip ends on ``last`` (our extension of the paper's interpolation
+          application, docs/method.md); ``"loop"`` when ``last is image``;
+        * ``"animatediff"`` with every control off (``Controls.animatediff()``): the images only lend their prompt,
+          negative prompt, size, steps and guidance, and the clip is plain AnimateDiff text-to-video with this seed,
+          bit for bit :meth:`text_to_video` (tested), so the baseline is compared like for like.
 
         ``prompt=None`` reuses the image's prompt; another prompt steers the motion. ``end_prompt`` interpolates the
         text embedding from ``prompt`` (frame 0) to ``end_prompt`` (last frame). Sampling uses the image's steps (the
         trajectories must line up), guidance scale and negative prompt unless given.
         """
-        args = (controls, num_frames, seed, latents, negative_prompt, guidance_scale, end_prompt, callback)
-        return self._animate([(0, image)], prompt, *args)
+        checks.check_prompts(allow_none=True, prompt=prompt, negative_prompt=negative_prompt, end_prompt=end_prompt)
+        anchors = [(0, image)] if last is None else [(0, image), (num_frames - 1, last)]
+        self._require_motion(num_frames, minimum=len(anchors))
+        controls = controls if controls is not None else Controls.paper()
+        guidance_scale = image.guidance_scale if guidance_scale is None else guidance_scale
+        cached = controls.share_kv and controls.kv_source == "cached"
+        checks.check_anchors([im for _, im in anchors], self.schedule, guidance_scale, cached)
+        prompt = image.prompt if prompt is None else prompt
+        negative_prompt = image.negative_prompt if negative_prompt is None else negative_prompt
+        x, seed = self._start(latents, (1, 4, num_frames, *image.latent.shape[-2:]), seed)
+        cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
+        frames = []
+        for f, im in anchors:  # cached keys/values: recorded in step 1, or replayed now (record_features)
+            bank = (im.kv_bank if im.kv_bank is not None else self.record_features(im)) if cached else None
+            frames.append(Anchor(f, bank=bank, trajectory=im.trajectory))
+        z0 = self._sample_video(
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=image.steps, controls=controls,
+            anchors=frames, callback=callback,
+        )  # fmt: skip
+        video = self._video_result(z0, prompt, seed)
+        video.info["mode"] = video_mode(controls, image, last)
+        for frame, im in anchors:  # how exactly each anchor frame came out (the paper's promise)
+            video.info[f"frame{frame}_psnr_db"] = psnr(video.frames[frame], im.image)
+        return video
 
     @torch.inference_mode()
     def generate(
@@ -346,6 +405,7 @@ class AnimateZeroPipeline(Applications):
         """Step 1 and step 2 in lockstep: image step i runs just before video step i, so the keys/values of only one
         step are ever held (instead of every step's), with results identical to :meth:`text_to_image` with
         ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
@@ -365,10 +425,18 @@ class AnimateZeroPipeline(Applications):
             bank,
         )
         z0 = self._sample_video(
-            x, cond, uncond, guidance_scale, steps, controls, [AnchorFrame(0, image.trajectory, bank)], callback, image
-        )
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps, controls=controls,
+            anchors=[Anchor(0, bank=bank, trajectory=image.trajectory)], callback=callback, image=image,
+        )  # fmt: skip
         info = {"lockstep": True} | ({"kv_bank_bytes": bank.nbytes} if bank is not None else {})  # one step's worth
         result = self._image_result(image.trajectory, steps, prompt, negative_prompt, guidance_scale, seed, **info)
         video = self._video_result(z0, prompt, seed)
-        video.info["frame0_psnr_db"] = psnr(video.frames[0], result.image)
+        video.info.update(mode=video_mode(controls, result), frame0_psnr_db=psnr(video.frames[0], result.image))
         return result, video
+
+
+def video_mode(controls: Controls, image: ImageResult, last: ImageResult | None = None) -> str:
+    """What kind of clip step 2 makes from ``image`` (and ``last``) under ``controls`` (see :meth:`animate`)."""
+    if not controls.any:
+        return "animatediff"
+    return "animatezero" if last is None else "loop" if last is image else "interpolation"

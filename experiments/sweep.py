@@ -27,10 +27,10 @@ from experiments import cli
 SAMPLER_FIELDS = ("steps", "guidance_scale", "eta", "num_frames", "height", "width")
 
 
-# model settings that do not change the pixels (where and how fast the networks run, and which file: the file's
-# SHA-256 is in the fingerprint instead); every other model setting, present now or added later, is in it
-RUNTIME_MODEL_KEYS = (
-    "checkpoint",
+# model settings left out of the fingerprint: where and how fast the networks run, and the weight files, which are
+# in it by content instead (SHA-256, and each LoRA's scale); every other model setting, present now or added later,
+# is in it
+NOT_FINGERPRINTED = (
     "device",
     "dtype",
     "cpu_threads",
@@ -38,25 +38,29 @@ RUNTIME_MODEL_KEYS = (
     "vae_chunk_size",
     "compile_cache_dir",
     "synthetic",
+    "checkpoint",
+    "lora",
 )
 
 
 def settings(cfg: DictConfig, dtype, device: str, checkpoints: dict) -> dict:
     """What, besides the item's prompt, seed and controls, determines its pixels: the sampler, the model files
-    (SHA-256), the MotionLoRA scale, the dtype, the device kind (cpu, cuda, mps) and every model setting that is
-    not a runtime one (:data:`RUNTIME_MODEL_KEYS`; a MotionLoRA or LoRA list, ``compile``, ...). Settings at their
-    empty default (null, false, [] or {}) are left out, so adding one keeps older sweeps resumable."""
+    (SHA-256), the MotionLoRA and LoRA scales, the dtype, the device kind (cpu, cuda, mps) and every other model
+    setting (all but :data:`NOT_FINGERPRINTED`, e.g. ``compile``). Settings at their empty default (null, false,
+    [] or {}) are left out, so adding one keeps older sweeps resumable."""
     from experiments import common
 
     model = {
         k: v
         for k, v in common.plain(cfg.model).items()
-        if k not in RUNTIME_MODEL_KEYS and not (v is None or v is False or v == [] or v == {})
+        if k not in NOT_FINGERPRINTED and not (v is None or v is False or v == [] or v == {})
     }
+    lora_scales = {k: v["scale"] for k, v in checkpoints.items() if k.startswith("lora_")}
     return {
         "sampler": {k: cfg.sampler[k] for k in SAMPLER_FIELDS},
         "checkpoints": {k: v["sha256"] for k, v in checkpoints.items()},
         "lora_scale": cfg.motion.lora_scale,
+        **({"lora_scales": lora_scales} if lora_scales else {}),
         "dtype": str(dtype).removeprefix("torch."),
         "device_kind": str(device).partition(":")[0],
         **({"model": model} if model else {}),
@@ -76,7 +80,7 @@ def item_fingerprint(item: dict, controls, setup: dict, *, legacy: bool = False)
         **setup,
     }
     if legacy:
-        fields = {k: v for k, v in fields.items() if k not in ("dtype", "device_kind", "model")}
+        fields = {k: v for k, v in fields.items() if k not in ("dtype", "device_kind", "model", "lora_scales")}
     return common.fingerprint(fields)
 
 
@@ -87,17 +91,24 @@ def reusable(done: dict, fp: str, item: dict, controls, setup: dict) -> bool:
         return True
     return (
         "model" not in setup
+        and "lora_scales" not in setup
         and done.get("fingerprint") == item_fingerprint(item, controls, setup, legacy=True)
         and done.get("dtype") == setup["dtype"]
         and str(done.get("device", "")).partition(":")[0] == setup["device_kind"]
     )
 
 
-def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict, setup: dict):
+def plan(
+    cfg: DictConfig, root: Path, items: list[dict], configurations: dict, checkpoints: dict, dtype=None, device=None
+):
     """``{(label, item dirname): fingerprint}`` of the items still to make. A finished item with other settings
-    (checkpoint, sampler, prompt, controls, dtype, device kind or model settings) is an error unless
-    ``overwrite``."""
+    (checkpoint, sampler, prompt, controls, dtype, device kind or model settings: :func:`settings`) is an error
+    unless ``overwrite``. ``dtype`` and ``device``: as resolved for the run (default: from ``cfg.model``)."""
+    from experiments import common
     from experiments.runs import inside, read_run
+
+    device = device or common.pick_device(cfg.model.device)
+    setup = settings(cfg, dtype or common.pick_dtype(cfg.model.dtype, device), device, checkpoints)
 
     todo = {}
     for item in items:
@@ -153,8 +164,8 @@ def sweep(cfg: DictConfig) -> Path:
     with common.cpu_threads(cfg.model.cpu_threads):
         common.ensure_synthetic(cfg)
         checkpoints = common.resolve_checkpoints(cfg)
-        setup = settings(cfg, dtype, device, checkpoints)
-        todo = plan(cfg, root, items, configurations, setup)
+        setup = settings(cfg, dtype, device, checkpoints)  # for the claims' re-check below
+        todo = plan(cfg, root, items, configurations, checkpoints, dtype, device)
         total = len(items) * len(configurations)
         pipe = None
         if todo:  # loaded before the sweep folder is touched: a clip too long for the motion module leaves nothing
@@ -246,8 +257,10 @@ def sweep(cfg: DictConfig) -> Path:
                     )
                     record.data["timings"].update(timing.data["timings"])
                     with record.timer("video"), common.progress(image.steps, "video") as step:
-                        video = animate(pipe, image, controls, item["seed"], sampler["num_frames"], step)
-                    mode = "animatezero" if controls.any else "animatediff"
+                        video = pipe.animate(  # with every control off: plain AnimateDiff, the baseline
+                            image, controls=controls, num_frames=sampler["num_frames"], seed=item["seed"], callback=step
+                        )
+                    mode = video.info["mode"]
                     with atomic_path(record.run_dir, directory=True) as tmp:  # the item appears whole, or not at all
                         files = common.run_files(cfg, tmp)
                         with record.timer("write"):
@@ -275,16 +288,6 @@ def sweep(cfg: DictConfig) -> Path:
             wandb.finish()
     summary("summary")
     return root
-
-
-def animate(pipe, image, controls, seed: int, num_frames: int, callback):
-    """Step 2 of one configuration: AnimateZero animates the image; with every control off, plain AnimateDiff
-    text-to-video with the image's prompt, seed and sampler (the baseline)."""
-    if controls.any:
-        return pipe.animate(image, controls=controls, num_frames=num_frames, seed=seed, callback=callback)
-    return pipe.baseline_video(
-        image, num_frames=num_frames, seed=seed, sliding_windows=controls.sliding_windows, callback=callback
-    )
 
 
 @hydra.main(config_path="pkg://configs", config_name="sweep", version_base="1.3")

@@ -67,16 +67,17 @@ def sweep_cfg(cache, sweep_dir, *overrides):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts of pipeline loads, step-1 images and step-2 videos (prompt, plain AnimateDiff?) made by the sweep."""
+    """Counts of pipeline loads, step-1 images and step-2 videos (prompt, plain AnimateDiff?) made by the sweep: every
+    video comes from the one dispatch, ``pipe.animate``."""
     counts = {"load_pipeline": 0, "make_image": 0, "make_video": []}
     real_load = common.load_pipeline
 
-    def step_two(method, plain: bool):  # plain: AnimateDiff text-to-video (every control off)
-        def call(first, *a, **k):
-            counts["make_video"].append((first if plain else first.prompt, plain))
+    def step_two(method):  # plain: AnimateDiff text-to-video (every control off)
+        def call(image, *a, **k):
+            counts["make_video"].append((image.prompt, not k["controls"].any))
             if counts.get("interrupt_at") == len(counts["make_video"]):
                 raise KeyboardInterrupt
-            return method(first, *a, **k)
+            return method(image, *a, **k)
 
         return call
 
@@ -90,7 +91,7 @@ def calls(monkeypatch):
             return text_to_image(*a, **k)
 
         pipe.text_to_image = make_image
-        pipe.animate, pipe.text_to_video = step_two(pipe.animate, False), step_two(pipe.text_to_video, True)
+        pipe.animate = step_two(pipe.animate)
         return pipe
 
     monkeypatch.setattr(common, "load_pipeline", load_pipeline)
