@@ -310,7 +310,9 @@ def test_sweep_summary_on_ctrl_c(tiny_cache, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sw, "animate", interrupted)  # Ctrl-C during the first item's step 2
+    from animatezero.pipeline import AnimateZeroPipeline
+
+    monkeypatch.setattr(AnimateZeroPipeline, "animate", interrupted)  # Ctrl-C during the first item's step 2
     monkeypatch.chdir(tmp_path)
     argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", "sweep_dir=sw", "shard.count=99"]
     with pytest.raises(KeyboardInterrupt):

@@ -75,7 +75,13 @@ def test_settings_cover_every_model_setting_but_the_runtime_ones(tiny_cache, tmp
     assert sw.settings(sweep_cfg(tiny_cache, tmp_path), torch.float32, "cuda:0", {}) == base  # same kind
     runtime = sweep_cfg(tiny_cache, tmp_path, "model.cpu_threads=2", "model.vae_chunk_size=2", "model.offload=true")
     assert sw.settings(runtime, torch.float32, "cuda:1", {}) == base
-    # a setting added later (here a LoRA list) is covered without naming it; at its empty default it stays out
-    lora = sweep_cfg(tiny_cache, tmp_path, "+model.lora=[style.safetensors:0.5]")
-    assert sw.settings(lora, torch.float32, "cuda:1", {})["model"] == {"lora": ["style.safetensors:0.5"]}
-    assert sw.settings(sweep_cfg(tiny_cache, tmp_path, "+model.lora=[]"), torch.float32, "cuda:1", {}) == base
+    # a model setting added later is covered without naming it; at its empty default it stays out
+    later = sweep_cfg(tiny_cache, tmp_path, "+model.vae_tiling=true")
+    assert sw.settings(later, torch.float32, "cuda:1", {})["model"] == {"vae_tiling": True}
+    assert sw.settings(sweep_cfg(tiny_cache, tmp_path, "+model.vae_tiling=null"), torch.float32, "cuda:1", {}) == base
+    # LoRAs count by content (SHA-256) and scale, not by path
+    lora = {"lora_0": {"ref": "a/style.safetensors", "path": "a/style.safetensors", "sha256": "f00", "scale": 0.5}}
+    moved = {"lora_0": {**lora["lora_0"], "ref": "b/style.safetensors", "path": "b/style.safetensors"}}
+    with_lora = sw.settings(sweep_cfg(tiny_cache, tmp_path), torch.float32, "cuda:1", lora)
+    assert with_lora["lora_scales"] == {"lora_0": 0.5} and with_lora["checkpoints"] == {"lora_0": "f00"}
+    assert sw.settings(sweep_cfg(tiny_cache, tmp_path), torch.float32, "cuda:1", moved) == with_lora
