@@ -148,9 +148,18 @@ def check_values(cfg: DictConfig) -> None:
         check_path(f"paths.run_files.{name}", value)
 
 
+def require_motion_module(cfg: DictConfig) -> None:
+    """``motion_module=null`` is refused where every run animates (the CLI, the sweep); the app takes it for an
+    images-only model."""
+    if cfg.get("motion_module", "") is None:
+        raise ConfigError(
+            "motion_module=null: animating needs an AnimateDiff motion module; give one, e.g. "
+            "motion_module=guoyww/animatediff/mm_sd_v15_v2.ckpt (or leave it out for the default)"
+        )
+
+
 def check_model(cfg: DictConfig) -> None:
-    """The ``model`` and ``motion`` settings a user types: threads, VAE chunk, device, dtype, LoRA scale and the
-    motion module (every entry point animates, so one is needed)."""
+    """The ``model`` and ``motion`` settings a user types: threads, VAE chunk, device, dtype, LoRA scale."""
     for key, hint in (("model.cpu_threads", "model.cpu_threads=4"), ("model.vae_chunk_size", "model.vae_chunk_size=8")):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
@@ -172,11 +181,6 @@ def check_model(cfg: DictConfig) -> None:
             finite = False
         if not finite:
             raise ConfigError(f"motion.lora_scale={scale} must be a finite number, e.g. motion.lora_scale=0.8")
-    if "motion_module" in cfg and cfg.motion_module is None:
-        raise ConfigError(
-            "motion_module=null: animating needs an AnimateDiff motion module; give one, e.g. "
-            "motion_module=guoyww/animatediff/mm_sd_v15_v2.ckpt (or leave it out for the default)"
-        )
 
 
 def check_path(key: str, value: Any) -> str:

@@ -35,6 +35,7 @@ def check(cfg: DictConfig) -> None:
         cfg.prompt = ""  # a real image with no description
     cli.apply_shortcuts(cfg)
     cli.check_values(cfg)
+    cli.require_motion_module(cfg)
     for key in ("image", "end_image"):
         if cfg[key] is not None:
             local_file(cfg[key], key, image=True)

@@ -135,6 +135,7 @@ def sweep(cfg: DictConfig) -> Path:
     the sweep directory is touched."""
     cli.apply_shortcuts(cfg)  # the plain values first, before the heavy imports
     cli.check_values(cfg)
+    cli.require_motion_module(cfg)
     from animatezero.io import atomic_path, write_json
     from animatezero.results import psnr
     from experiments import common
