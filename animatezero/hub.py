@@ -250,7 +250,9 @@ def checkpoint_sha256(
 ) -> str:
     """SHA-256 of a checkpoint file, remembered in ``cache_dir/sha256.json`` by (real path, size, mtime), so a
     4 GB file is hashed once and not on every run. With ``validate`` the file is first checked as a checkpoint
-    (:func:`models.readers.check_checkpoint_file`); without, only as a regular file (a download's bytes)."""
+    (:func:`models.readers.check_checkpoint_file`); without, only as a regular file (a download's bytes). The cache
+    is only ever a shortcut: a damaged one (not a JSON object of hex digests, e.g. ``[]``, ``null`` or a truncated
+    write) is read as empty with a warning and rewritten (atomically) with this digest."""
     from models.readers import check_checkpoint_file, file_sha256
 
     if validate:  # type, size and header first: a FIFO, /dev/zero or a directory is never hashed
@@ -259,12 +261,7 @@ def checkpoint_sha256(
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
     cache_file = Path(cache_dir) / "sha256.json" if cache_dir is not None else None
-    cache: dict[str, str] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
+    cache = _read_digest_cache(cache_file) if cache_file is not None else {}
     if key in cache:
         return cache[key]
     digest = file_sha256(path)
@@ -277,3 +274,34 @@ def checkpoint_sha256(
         except OSError:
             pass  # a read-only cache only costs time
     return digest
+
+
+def _read_digest_cache(cache_file: Path) -> dict[str, str]:
+    """The ``{key: sha256 hex}`` entries of a digest cache; a missing file is empty, and a damaged one too (with a
+    warning, and it is rewritten without the bad entries): a bad cache costs one re-hash, never a failed run."""
+    if not cache_file.is_file():
+        return {}
+    problem = None
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, ValueError, RecursionError) as e:  # unreadable, truncated, not JSON, not UTF-8
+        data, problem = {}, f"unreadable ({type(e).__name__})"
+    if not isinstance(data, dict):
+        data, problem = {}, f"a JSON {type(data).__name__}, not an object"
+    cache = {k: v for k, v in data.items() if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)}
+    if problem is None and len(cache) < len(data):
+        problem = f"{len(data) - len(cache)} entries are not SHA-256 digests"
+    if problem is not None:
+        import warnings
+
+        warnings.warn(
+            f"the checkpoint digest cache {cache_file} is damaged ({problem}); it is rebuilt as files are hashed",
+            stacklevel=3,
+        )
+        try:
+            from animatezero.io import write_json
+
+            write_json(cache_file, cache)  # atomic: the next run finds a valid cache even if this one is killed
+        except OSError:
+            pass  # a read-only cache only costs time
+    return cache

@@ -116,10 +116,11 @@ class AnimateZeroPipeline(Applications):
         references ``org/repo/file`` (downloaded on first use). ``loras``: SD1.5 LoRAs ``[(path_or_hub, scale), ...]``
         merged into the UNet and text encoder (docs/lora.md); :meth:`set_loras` changes them later."""
         from animatezero.hub import resolve_all
-        from models.loading import load_motion_lora, load_motion_module, load_sd15
+        from models.loading import check_lora_scale, load_motion_lora, load_motion_module, load_sd15
         from models.lora import read_lora
         from models.tokenizer import CLIPTokenizer
 
+        motion_lora_scale = check_lora_scale(motion_lora_scale)  # before any file is found or read
         # every file found first (offline: one error naming all that are missing), then loaded
         loras = _check_loras(loras)
         refs = {"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora}

@@ -9,9 +9,11 @@ image in a web page (the paper's interactive video generation, Sec. 5).
 Everything after the flags is a Hydra override of configs/generate.yaml, checked and turned into a pipeline by the same
 code as the ``animatezero`` CLI (experiments/cli.py, experiments/common.py), once per process. Requests take turns (a
 queue of one); each is refused before any work when it exceeds the per-request budget (``--budget``), and *Stop* ends
-the running one between two sampling steps. Each animation becomes a run directory made and recorded by
-experiments/runs.py (``<paths.output_root>/app/<date>/<time>``: the CLI's files plus frames.zip) whose files the page
-offers for download.
+the running one between two sampling steps. The *LoRAs* field (``style.safetensors:0.8, other.safetensors``; initially
+the launch config's ``lora``) is parsed and its files resolved by the CLI's code before any work, and merged into the
+model (``set_loras``) when a request asks for other LoRAs than the ones merged (docs/lora.md). Each animation becomes a
+run directory made and recorded by experiments/runs.py (``<paths.output_root>/app/<date>/<time>``: the CLI's files plus
+frames.zip) whose files the page offers for download.
 
 Needs the ``app`` extra: ``pip install -e ".[app]"``.
 """
@@ -19,6 +21,7 @@ Needs the ``app`` extra: ``pip install -e ".[app]"``.
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import sys
 import threading
@@ -159,6 +162,7 @@ class Run:
     controls: Controls
     seed: int
     segments: int = 1
+    checkpoints: dict = field(default_factory=dict)  # the weight files it was made with (SD1.5 LoRAs: lora_i)
     run_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
@@ -178,6 +182,7 @@ class Job:
     desc: str
     stop: threading.Event
     progress: Any = None
+    checkpoints: dict = field(default_factory=dict)  # the weight files in use, LoRAs included
     steps: int = 0
 
     def step(self, _info=None) -> None:
@@ -224,13 +229,41 @@ class Session:
         """End ``owner``'s running request after its current sampling step."""
         self.stops.setdefault(owner, threading.Event()).set()
 
+    @property
+    def lora_text(self) -> str:
+        """The merged SD1.5 LoRAs as the LoRA field shows them: ``ref:scale, ...``."""
+        return ", ".join(f"{r['ref']}:{r['scale']:g}" for r in self.lora_records(self.checkpoints).values())
+
+    @staticmethod
+    def lora_records(checkpoints: Mapping[str, dict]) -> dict[str, dict]:
+        return {k: v for k, v in checkpoints.items() if k.startswith("lora_")}  # lora_0, lora_1, ... (not motion_lora)
+
+    def loras(self, text: str | None) -> dict[str, dict] | None:
+        """The LoRA field (``style.safetensors:0.8, other.safetensors``; empty: none) as run.json's ``lora_i``
+        records ``{ref, path, sha256, scale}``: entries parsed and files resolved by the CLI's code
+        (:func:`experiments.cli.parse_lora_entry`, :func:`experiments.common.resolve_checkpoints`), so a bad entry or a
+        missing file is refused before any work. ``None``: keep the LoRAs merged now."""
+        if text is None:
+            return None
+        items = [item.strip() for item in str(text).strip().strip("[]").split(",") if item.strip()]
+        entries = [cli.parse_lora_entry(item, f"lora[{i}]") for i, item in enumerate(items)]
+        if not entries:
+            return {}
+        cfg = copy.deepcopy(self.cfg)
+        cfg.lora = [{"path": ref, "scale": scale} for ref, scale in entries]
+        return self.lora_records(common.resolve_checkpoints(cfg))
+
     @contextmanager
-    def turn(self, owner: str, total: int, desc: str, progress=None):
-        """The model for one request (they take turns), yielding its :class:`Job`."""
+    def turn(self, owner: str, total: int, desc: str, progress=None, loras: dict[str, dict] | None = None):
+        """The model for one request (they take turns) with ``loras`` merged (:meth:`loras`; only re-merged when they
+        differ from the merged ones), yielding its :class:`Job`."""
         stop = self.stops.setdefault(owner, threading.Event())
         stop.clear()  # a Stop pressed before this request does not end it
         with self.lock, common.cpu_threads(self.cfg.model.cpu_threads):
-            yield Job(total, desc, stop, progress)
+            if loras is not None and loras != self.lora_records(self.checkpoints):
+                self.pipe.set_loras(common.lora_files(loras))  # every file checked first: nothing changes on an error
+                self.checkpoints = {k: v for k, v in self.checkpoints.items() if not k.startswith("lora_")} | loras
+            yield Job(total, desc, stop, progress, dict(self.checkpoints))
 
     def check_budget(self, what: str, count: int, steps: int, height: int, width: int, unit: str, extra: int = 0):
         """Refuse ``(count + extra) x steps`` UNet passes at ``height x width`` when over the budget, saying what fits."""
@@ -275,8 +308,9 @@ class Session:
 
     # step 1 ---------------------------------------------------------------------------------------------------------
     def candidates(
-        self, *, prompt, negative="", seed=0, count=1, steps, guidance, height, width, owner="", progress=None
-    ) -> list[ImageResult]:
+        self, *, prompt, negative="", seed=0, count=1, steps, guidance, height, width, loras=None, owner="",
+        progress=None,
+    ) -> list[ImageResult]:  # fmt: skip
         """``count`` images of the prompt for consecutive seeds (-1: a random first seed)."""
         prompt, negative = self.prompt(prompt), self.prompt(negative, "negative prompt")
         if not prompt:
@@ -286,17 +320,21 @@ class Session:
         count = as_int(count, "number of candidates", 1, MAX_CANDIDATES)
         s = self.sampler(steps, guidance, height, width)
         self.check_budget(f"{count} candidates", count, s["steps"], s["height"], s["width"], "candidates")
-        with self.turn(owner, count * s["steps"], "candidates", progress) as job:
+        loras = self.loras(loras)
+        with self.turn(owner, count * s["steps"], "candidates", progress, loras) as job:
             seeds = list(range(seed, seed + count))
             return self.pipe.candidates(prompt, seeds, negative_prompt=negative, callback=job.step, **s)
 
-    def invert(self, *, upload, prompt="", negative="", steps, guidance, height, width, owner="", progress=None):
+    def invert(
+        self, *, upload, prompt="", negative="", steps, guidance, height, width, loras=None, owner="", progress=None
+    ) -> ImageResult:
         """A real image -> VAE encode -> DDIM inversion (``info["psnr_db"]``: the VAE reconstruction's PSNR)."""
         prompt, negative = self.prompt(prompt), self.prompt(negative, "negative prompt")
         s = self.sampler(steps, guidance, height, width)
         self.check_budget("inverting the image", 1, s["steps"], s["height"], s["width"], "images")
         pixels = load_upload(upload, (s["height"], s["width"]))
-        with self.turn(owner, s["steps"], "inverting", progress):
+        loras = self.loras(loras)
+        with self.turn(owner, s["steps"], "inverting", progress, loras):
             image = self.pipe.invert_image(pixels, prompt, negative_prompt=negative, **s)
         image.info["source"] = Path(upload).name
         return image
@@ -304,7 +342,7 @@ class Session:
     # step 2 ---------------------------------------------------------------------------------------------------------
     def animate(
         self, image: ImageResult | None, controls: Controls, *, frames, seed=-1, fps=8, motion_prompt="",
-        end_prompt="", mode="animate", end_upload=None, owner="", progress=None,
+        end_prompt="", mode="animate", end_upload=None, loras=None, owner="", progress=None,
     ) -> Run:  # fmt: skip
         """Animate the picked image (``mode``: a clip, a loop, or an interpolation to an uploaded second image; every
         control off: plain AnimateDiff) and write its run directory. Every field is checked before any work."""
@@ -324,8 +362,9 @@ class Session:
         extra = (int(cached) + 1) * second + int(cached)  # replayed anchors and the second image's inversion
         self.check_budget(f"{frames} frames", frames, image.steps, image.height, image.width, "frames", extra)
         last_pixels = load_upload(end_upload, (image.height, image.width), "second image") if second else None
+        loras = self.loras(loras)
         t0 = time.perf_counter()
-        with self.turn(owner, image.steps, "video", progress) as job:  # the steps of the clip (Stop ends them)
+        with self.turn(owner, image.steps, "video", progress, loras) as job:  # the steps of the clip (Stop ends them)
             last = image if mode == "loop" else None
             if second:
                 last = self.pipe.invert_image(
@@ -340,9 +379,10 @@ class Session:
                 )  # fmt: skip
             finally:  # the keys/values recorded for this clip (large at full size) are not kept in the session
                 image.kv_bank = None
-        return self.write(Run(image, video, controls, seed, seconds=time.perf_counter() - t0), fps)
+        run = Run(image, video, controls, seed, checkpoints=job.checkpoints, seconds=time.perf_counter() - t0)
+        return self.write(run, fps)
 
-    def extend(self, run: Run | None, *, frames, fps=8, owner="", progress=None) -> Run:
+    def extend(self, run: Run | None, *, frames, fps=8, loras=None, owner="", progress=None) -> Run:
         """Continue the last clip from its last frame (seamless join) and write the longer clip's run directory."""
         if run is None:
             raise AppInputError("animate something first; continue extends the last clip")
@@ -350,15 +390,17 @@ class Session:
         image = run.image
         # the last frame's inversion and its replayed keys/values come on top of the new frames
         self.check_budget(f"{frames} more frames", frames, image.steps, image.height, image.width, "frames", 2)
+        loras = self.loras(loras)
         t0 = time.perf_counter()
-        with self.turn(owner, image.steps, "continue", progress) as job:
+        with self.turn(owner, image.steps, "continue", progress, loras) as job:
             video = self.pipe.continue_video(
                 run.video, num_frames=frames, steps=image.steps, guidance_scale=image.guidance_scale,
                 negative_prompt=image.negative_prompt, controls=run.controls, seed=run.seed + run.segments,
                 callback=job.step,
             )  # fmt: skip
         video.info["mode"] = run.video.info["mode"]
-        longer = Run(image, video, run.controls, run.seed, run.segments + 1, seconds=time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        longer = Run(image, video, run.controls, run.seed, run.segments + 1, job.checkpoints, seconds=seconds)
         return self.write(longer, fps)
 
     def require_motion(self) -> None:
@@ -382,7 +424,7 @@ class Session:
             motion_prompt=video.prompt, seeds={"image": image.seed, "video": run.seed},
             sampler={**sampler, "width": image.width, "num_frames": video.num_frames, "fps": fps},
             controls=asdict(run.controls), files={k: p.name for k, p in files.items()},
-            checkpoints=self.checkpoints, dtype=str(self.pipe.dtype).removeprefix("torch."),
+            checkpoints=run.checkpoints, dtype=str(self.pipe.dtype).removeprefix("torch."),
             **environment(str(self.pipe.device)),
         )  # fmt: skip
         record.data["timings"]["generate_s"] = round(run.seconds, 4)
@@ -395,7 +437,7 @@ class Session:
 
 # ------------------------------------------------------------------------------------------------- the page
 HISTORY_HEADERS = ["time", "mode", "prompt", "image seed", "video seed", "frames", "frame-0 PSNR (dB)", "seconds", "folder"]  # fmt: skip
-SAMPLING = ("steps", "guidance", "height", "width")
+SAMPLING = ("steps", "guidance", "height", "width", "loras")  # what making and inverting an image read
 
 
 def build_ui(session: Session):
@@ -447,6 +489,10 @@ def build_ui(session: Session):
                     with gr.Row():
                         w["height"] = gr.Number(label="Height", value=int(s.height), precision=0, elem_id="height")
                         w["width"] = gr.Number(label="Width", value=int(s.width), precision=0, elem_id="width")
+                    w["loras"] = gr.Textbox(
+                        label="LoRAs (file or hub file, optional :scale; empty: none)", value=session.lora_text,
+                        placeholder="style.safetensors:0.8, hf://org/repo/other.safetensors", elem_id="loras",
+                    )  # fmt: skip
                 with gr.Accordion("Controls", open=False):
                     preset = gr.Dropdown(list(Controls.PRESETS), value="paper", label="Preset")
                     c["insert_latent"] = gr.Checkbox(p.insert_latent, label="Latent insertion (frame 0 = the image)")
@@ -574,7 +620,7 @@ def build_ui(session: Session):
             try:
                 run = session.animate(
                     data[picked_state], controls_from({name: data[widget] for name, widget in c.items()}),
-                    **named(data, "frames", "fps", "motion_prompt", "end_prompt", "mode", "end_upload"),
+                    **named(data, "frames", "fps", "motion_prompt", "end_prompt", "mode", "end_upload", "loras"),
                     seed=data[w["video_seed"]], owner=request.session_hash, progress=progress,
                 )  # fmt: skip
                 return finish(run, data[history_state])
@@ -583,9 +629,8 @@ def build_ui(session: Session):
 
         def on_extend(data: dict, request, progress=track):
             try:
-                run = session.extend(
-                    data[run_state], **named(data, "frames", "fps"), owner=request.session_hash, progress=progress
-                )
+                args = named(data, "frames", "fps", "loras")
+                run = session.extend(data[run_state], **args, owner=request.session_hash, progress=progress)
                 return finish(run, data[history_state])
             except Exception as e:  # noqa: BLE001
                 return fail(e)

@@ -77,6 +77,13 @@ def _number(key: str, value: Any, low: float, hint: str) -> float:
     return number
 
 
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def parse_size(value: Any) -> tuple[int, int]:
     """``size=512`` (square) or ``size=768x512`` (width x height) -> ``(height, width)``."""
     text = str(value).lower().replace(" ", "")
@@ -132,6 +139,9 @@ def check_values(cfg: DictConfig) -> None:
         size = "size" if cfg.get("size") is not None else None
         check_size_value(size or "sampler.height", cfg.sampler.height)
         check_size_value(size or "sampler.width", cfg.sampler.width)
+    scale = OmegaConf.select(cfg, "motion.lora_scale", default=None)
+    if scale is not None and (isinstance(scale, bool) or not math.isfinite(_float_or_nan(scale))):
+        raise ConfigError(f"motion.lora_scale={scale} must be a finite number; e.g. motion.lora_scale=0.8 (0: off)")
     mode = OmegaConf.select(cfg, "wandb.mode", default=None)
     if mode is not None and mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"wandb.mode={mode} is not a W&B mode; use offline, online or disabled")
@@ -159,7 +169,7 @@ def require_motion_module(cfg: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
-    """The ``model`` and ``motion`` settings a user types: threads, VAE chunk, device, dtype, LoRA scale."""
+    """The ``model`` settings a user types: threads, VAE chunk, device, dtype."""
     for key, hint in (("model.cpu_threads", "model.cpu_threads=4"), ("model.vae_chunk_size", "model.vae_chunk_size=8")):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
@@ -173,14 +183,6 @@ def check_model(cfg: DictConfig) -> None:
     dtype = str(OmegaConf.select(cfg, "model.dtype", default="auto"))
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise ConfigError(f"model.dtype={dtype} is not a dtype; use auto, float32, float16 or bfloat16")
-    scale = OmegaConf.select(cfg, "motion.lora_scale", default=None)
-    if scale is not None:
-        try:
-            finite = math.isfinite(float(scale)) and not isinstance(scale, bool)
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
-            raise ConfigError(f"motion.lora_scale={scale} must be a finite number, e.g. motion.lora_scale=0.8")
 
 
 def check_path(key: str, value: Any) -> str:

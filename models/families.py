@@ -83,7 +83,9 @@ def detect_motion_version(sd: Mapping[str, Any]) -> tuple[int | None, int | None
 
 
 def _top_prefixes(keys: Iterable[str], n: int = 6) -> str:
-    counts = Counter(".".join(k.split(".")[:2]) for k in keys)
+    from models.readers import shorten  # a key name from a file is shown cut, never 1 MB in full
+
+    counts = Counter(shorten(".".join(k.split(".")[:2]), 60) for k in keys)
     return ", ".join(f"{p}.* ({c})" for p, c in counts.most_common(n))
 
 

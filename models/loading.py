@@ -15,6 +15,7 @@ the target device.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -37,7 +38,14 @@ from models.families import (
     family_advice,
     motion_keys,
 )
-from models.readers import CheckpointError, KeyMismatchError, WrongFamilyError, read_state_dict
+from models.readers import (
+    CheckpointError,
+    KeyMismatchError,
+    WrongFamilyError,
+    check_finite_tensors,
+    read_state_dict,
+    shorten,
+)
 
 # The CompVis DDPM.register_schedule buffers (float32 [1000]); AnimateDiff uses its own linear-beta schedule.
 DDPM_BUFFERS = frozenset(
@@ -79,7 +87,7 @@ IGNORED_KEYS: dict[str, Callable[[str], bool]] = {
 
 def _group_keys(keys: Iterable[str], max_groups: int = 8) -> list[str]:
     """Group keys at the first depth where they differ, each group shown by its longest common prefix."""
-    parts = [k.split(".") for k in sorted(keys)]
+    parts = [shorten(k).split(".") for k in sorted(keys)]  # a 1 MB key name is shown cut, not in full
     depth = 1
     while depth < max(len(p) for p in parts) and len({tuple(p[:depth]) for p in parts}) == 1:
         depth += 1
@@ -114,7 +122,7 @@ def key_diff(
     if mismatched:
         parts.append(f"  wrong shapes ({len(mismatched)}):")
         for k, (got, want) in list(sorted(mismatched.items()))[:10]:
-            parts.append(f"    {k}: file {list(got)}, model {list(want)}")
+            parts.append(f"    {shorten(k)}: file {list(got)}, model {list(want)}")
     return "\n".join(parts)
 
 
@@ -172,7 +180,9 @@ def load_strict(
 ) -> nn.Module:
     """Assign ``sd`` to ``module`` strictly: every key must match in name and shape, or a :class:`KeyMismatchError`
     with a grouped diff (keys shown with ``key_prefix``, i.e. as in the file) is raised. Floating tensors are cast to
-    ``dtype`` and moved to ``device``; ``sd`` is consumed (emptied) so converted copies do not coexist with it."""
+    ``dtype`` and moved to ``device``; ``sd`` is consumed (emptied) so converted copies do not coexist with it.
+    NaN or infinite weights, in the file or after a narrowing cast, raise a
+    :class:`~models.readers.NonFiniteWeightsError` naming them."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = expected.keys() - sd.keys()
     unexpected = sd.keys() - expected.keys()
@@ -197,23 +207,24 @@ def load_strict(
     if wrong_kind:
         raise CheckpointError(
             f"the {what} weights hold integer or boolean tensors where floating-point weights belong:\n"
-            + "\n".join(f"    {k}: {d}" for k, d in list(wrong_kind.items())[:8])
+            + "\n".join(f"    {shorten(k)}: {d}" for k, d in list(wrong_kind.items())[:8])
             + "\nQuantized or otherwise converted files are not supported; use the original fp16/fp32 checkpoint"
         )
-    converted, non_finite = {}, []
+    # NaN weights only ever give black frames: say which at load time, from the file's own tensors (before any copy),
+    # and again after a narrowing cast (float32 -> float16 overflows above 65504)
+    check_finite_tensors(sd, f"the {what} weights", key_prefix=key_prefix)
+    converted, narrowed = {}, {}
     for k in list(sd):
         t = sd.pop(k)
         converted[k] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-        if converted[k].is_floating_point() and not bool(torch.isfinite(converted[k]).all()):
-            non_finite.append(key_prefix + k)
-    if non_finite:  # NaN weights only ever give black frames; say which, at load time
-        raise CheckpointError(
-            f"the {what} weights contain NaN or infinite values in {len(non_finite)} tensor(s) (in the file, or "
-            f"overflowing when cast to {str(dtype).removeprefix('torch.')}):\n"
-            + "\n".join(f"    {k}" for k in non_finite[:8])
-            + ("\n    ..." if len(non_finite) > 8 else "")
-            + "\nThe file is damaged (a diverged training run or a bad merge); use another checkpoint"
-        )
+        if t.is_floating_point() and torch.finfo(dtype).max < torch.finfo(t.dtype).max:
+            narrowed[k] = converted[k]
+    check_finite_tensors(
+        narrowed,
+        f"the {what} weights",
+        key_prefix=key_prefix,
+        note=f" (finite in the file, overflowing when cast to {str(dtype).removeprefix('torch.')})",
+    )
     module.load_state_dict(converted, strict=True, assign=True)
     for sub in module.modules():  # non-persistent buffers (not in any file) are computed where the weights landed
         if any(b.is_meta for b in sub.buffers(recurse=False)) and hasattr(sub, "reset_buffers"):
@@ -241,8 +252,15 @@ def _check_position_ids(clip: dict[str, Tensor]) -> None:
     ids = clip.pop("text_model.embeddings.position_ids", None)
     if ids is None:
         return
-    n = ids.shape[-1]
-    if ids.numel() != n or not torch.equal(ids.reshape(-1).double().round(), torch.arange(n, dtype=torch.float64)):
+    table = clip.get("text_model.embeddings.position_embedding.weight")
+    n = table.shape[0] if table is not None and table.ndim == 2 else ids.shape[-1]  # what the architecture expects
+    if tuple(ids.shape) not in ((n,), (1, n)):  # shape first: the values are read only when the size is right
+        warnings.warn(
+            f"the checkpoint's CLIP position_ids have shape {list(ids.shape)}, not [1, {n}] like the position "
+            f"table; they are ignored and arange({n}) is used, as in SD1.5",
+            stacklevel=3,
+        )
+    elif not torch.equal(ids.reshape(-1).double().round(), torch.arange(n, dtype=torch.float64)):
         warnings.warn(
             f"the checkpoint's CLIP position_ids ({ids.dtype}, {list(ids.shape)}) are not arange({n}) (a known "
             f"artifact of some merges); they are ignored and arange({n}) is used, as in SD1.5",
@@ -415,7 +433,9 @@ def load_motion_module(
         raise CheckpointError(f"{path} looks like a v{found} motion module, but version={version} was requested")
     max_positions = pe_len or (24 if version == 1 else 32)
 
-    for k in [k for k in mm if k.endswith("pos_encoder.pe")]:
+    pes = {k: mm[k] for k in mm if k.endswith("pos_encoder.pe")}
+    check_finite_tensors(pes, f"the motion-module file {path}")  # before the formula check, to name them as NaN
+    for k in pes:
         pe = mm.pop(k)
         if pe.ndim != 3 or pe.shape[1] != max_positions:
             raise KeyMismatchError(f"{path}: {k} has shape {list(pe.shape)}, expected [1, {max_positions}, C]")
@@ -446,14 +466,26 @@ def load_motion_module(
     return load_strict(expected, mm, what=f"motion-module (v{version})", device=device, dtype=dtype)
 
 
+def check_lora_scale(value: Any, name: str = "motion_lora_scale") -> float:
+    """A LoRA strength: a finite real number (1: as trained, 0: off; negative reverses the learned motion). NaN or
+    infinity would turn every merged weight into NaN, so it is refused by name before any file is read."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (1.0: full strength, 0: off), got {shorten(value)}")
+    return float(value)
+
+
 def load_motion_lora(path: str | os.PathLike, motion: nn.Module, alpha: float = 1.0) -> list[str]:
     """Merge a MotionLoRA file into ``motion`` in place (``W += alpha * up @ down``); return the merged weight names.
 
     MotionLoRAs were released for v2 only. A LoRA with mid-block entries on a v1/v3 tree (no mid block) is refused,
-    as is any LoRA whose targets or widths do not match ``motion``; nothing is changed in that case.
+    as is any LoRA whose targets or widths do not match ``motion``, or that holds NaN/inf; nothing is changed in that
+    case. A non-finite ``alpha`` is refused before the file is read.
     """
     from models.motion_module import merge_motion_lora, parse_motion_lora_key
 
+    alpha = check_lora_scale(alpha, "alpha")
     sd = read_state_dict(path)
     family = detect_family(sd)
     if family != "motion-lora":
@@ -471,12 +503,12 @@ def load_motion_lora(path: str | os.PathLike, motion: nn.Module, alpha: float = 
         parsed = parse_motion_lora_key(k)
         if parsed is None:
             raise KeyMismatchError(
-                f"{path}: {k} is not a MotionLoRA key (…processor.to_{{q,k,v,out}}_lora.{{down,up}}.weight)"
+                f"{path}: {shorten(k)} is not a MotionLoRA key (…processor.to_{{q,k,v,out}}_lora.{{down,up}}.weight)"
             )
         target, side = parsed
         if target not in params:
             raise KeyMismatchError(
-                f"{path}: {k} targets {target}, which this v{cfg.version} motion module does not have"
+                f"{path}: {shorten(k)} targets {shorten(target)}, which this v{cfg.version} motion module does not have"
             )
         want = params[target][1] if side == "down" else params[target][0]
         got = v.shape[1] if side == "down" else v.shape[0]
@@ -486,8 +518,9 @@ def load_motion_lora(path: str | os.PathLike, motion: nn.Module, alpha: float = 
         raise CheckpointError(
             f"motion LoRA / motion module mismatch: {path} has widths that do not fit the motion module "
             f"(block channels {tuple(cfg.block_channels)}):\n"
-            + "\n".join(f"    {k}: LoRA {list(s)} vs weight {list(w)}" for k, (s, w) in list(bad.items())[:8])
+            + "\n".join(f"    {shorten(k)}: LoRA {list(s)} vs weight {list(w)}" for k, (s, w) in list(bad.items())[:8])
         )
+    check_finite_tensors(lora, f"the MotionLoRA {path}")
     try:
         return merge_motion_lora(motion, lora, alpha)
     except ValueError as e:

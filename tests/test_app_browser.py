@@ -192,6 +192,11 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server, tmp_p
     page.locator("#prompt textarea").fill("a dog")
     page.locator("#make").click()
     status_text(page, "height must be a multiple of 8")
+    set_number(page, "height", SIZE)
+    page.locator("#loras textarea").fill("missing.safetensors:0.8")
+    page.locator("#make").click()
+    status_text(page, "lora[0]=missing.safetensors does not exist")
+    page.locator("#loras textarea").fill("")
     assert "Traceback" not in page.content()
 
     make_candidates(page, "a dog, running", seed=3)  # still serving

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
 from models.loading import load_motion_lora, load_motion_module, load_sd15, load_vae
 from models.readers import (
+    MAX_SAFETENSORS_HEADER,
     CheckpointError,
     CorruptCheckpointError,
     KeyMismatchError,
@@ -108,7 +109,7 @@ def test_truncated_inside_safetensors_header(tmp_path, tiny_sd):
 def test_safetensors_huge_header_length(tmp_path):
     path = tmp_path / "huge.safetensors"
     path.write_bytes(struct.pack("<Q", 2**62) + b"{}" + bytes(100))
-    with pytest.raises(CorruptCheckpointError, match="exceeds the 100,000,000-byte limit"):
+    with pytest.raises(CorruptCheckpointError, match=f"exceeds the {MAX_SAFETENSORS_HEADER:,}-byte limit"):
         read_state_dict(path)
 
 

@@ -2,7 +2,6 @@
 -> evaluation with injected toy evaluator networks (no downloads) -> tables; then resuming after interruptions, and a
 Hydra multirun over a controls field into the same sweep."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from evaluation.evaluate import Networks
+from evaluation.tables import main as tables_main
 from experiments import common
 from experiments import evaluate as ev
 from experiments import sweep as sw
@@ -42,14 +42,6 @@ def toy_networks():
         style=lambda x: [x, torch.nn.functional.avg_pool2d(x, 2)],
         lpips=lambda a, b: (a - b).square().mean((1, 2, 3)),
     )
-
-
-def load_make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_tables"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +124,7 @@ def test_sweep_evaluate_tables_and_resume(tmp_path, tiny_cache, calls):
     assert paper_psnr > 40  # latent insertion reproduces the image in frame 0
 
     tables = tmp_path / "tables"
-    assert load_make_tables().main([str(root), "--out", str(tables)]) == 0
+    assert tables_main([str(root), "--out", str(tables)]) == 0
     for stem in ("t2v_table", "ablation_table", "first_frame_fidelity"):
         md, csv = (tables / f"{stem}.md").read_text(), (tables / f"{stem}.csv").read_text()
         for label in ("animatediff", "paper"):
