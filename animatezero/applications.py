@@ -36,7 +36,7 @@ class Applications:
         guidance_scale: float | None = None,
         callback=None,
     ) -> VideoResult:
-        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; see README):
+        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; docs/method.md §6):
         both trajectories are inserted (frame 0 and frame f-1), keys/values cross-fade from the first image's to the
         last's, and the window attention is anchored at both ends. Both anchor frames are reproduced exactly."""
         args = (controls, num_frames, seed, latents, negative_prompt, guidance_scale, None, callback)
