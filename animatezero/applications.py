@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from animatezero.checks import MIN_SIZE, check_finite, check_size
+from animatezero.checks import MIN_SIZE, check_prompts, check_size
 from animatezero.controls import Controls
-from animatezero.io import check_image_size, load_image
+from animatezero.io import check_image_file, check_image_size, image_tensor, load_image
 from animatezero.results import ImageResult, VideoResult, psnr
 from models.ddim import ddim_invert
 
@@ -89,6 +91,7 @@ class Applications:
         """DDIM inversion of a clean latent ``[1, 4, h, w]`` along this pipeline's timesteps (conditional branch only,
         as usual for inversion), giving a trajectory that :meth:`animate` consumes. ``guidance_scale`` is the one the
         animation will use."""
+        check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         latent = latent.to(self.device, self.dtype)
         cond = self.encode_prompt(prompt)
@@ -99,7 +102,7 @@ class Applications:
     @torch.inference_mode()
     def invert_image(
         self,
-        image: str | os.PathLike | Tensor,
+        image: str | os.PathLike | Tensor | np.ndarray | Image.Image,
         prompt: str = "",
         *,
         height: int | None = None,
@@ -110,18 +113,30 @@ class Applications:
     ) -> ImageResult:
         """Real-image animation, step 1: fit the image to the model's grid (:func:`fit_image`), VAE-encode it and
         DDIM-invert it. ``result.image`` is the VAE reconstruction (what frame 0 will show);
-        ``result.info["psnr_db"]`` is its PSNR against the fitted input."""
-        size = (height, width) if height is not None and width is not None else None
-        pixels = load_image(image, size) if not isinstance(image, Tensor) else image.float()
-        check_finite(pixels, "the image's pixels")
-        pixels = fit_image(pixels, height, width, short_side=min(self.default_size))  # [3, H, W] in [0, 1]
+        ``result.info["psnr_db"]`` is its PSNR against the fitted input.
+
+        ``image``: a file path (decoded within a budget set by the requested size: :func:`animatezero.io.load_image`),
+        a PIL image, or a tensor or array (``[3, H, W]`` or ``[H, W, 3]``, grey or RGBA too; uint8 0..255 or float
+        0..1: :func:`animatezero.io.image_tensor`). Every argument is checked before anything is decoded."""
+        check_prompts(prompt=prompt, negative_prompt=negative_prompt)
+        self.sampling(steps, guidance_scale)
+        short_side = min(self.default_size)
+        if isinstance(image, (str, os.PathLike)):
+            if height is None or width is None:  # the grid follows the file's upright size, read from its header
+                height, width = fit_size(*check_image_file(image), height, width, short_side)
+            height, width = check_size(height, width)  # before the file is decoded
+            pixels = load_image(image, (height, width))  # [3, h, w] in [0, 1], h and w >= the request
+        else:
+            pixels = image_tensor(image)  # [3, h, w] in [0, 1]
+        pixels = fit_image(pixels, height, width, short_side=short_side)  # [3, H, W] in [0, 1]
         with self.runner.using(self.vae):
             latent = self.vae.encode((pixels[None] * 2 - 1).to(self.device, self.dtype))  # [1, 4, H/8, W/8]
         result = self.invert_latent(
             latent, prompt, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt
         )
         result.info.update(
-            psnr_db=psnr(result.image, pixels), source=str(image) if not isinstance(image, Tensor) else "tensor"
+            psnr_db=psnr(result.image, pixels),
+            source=str(image) if isinstance(image, (str, os.PathLike)) else "tensor",
         )
         return result
 
@@ -159,6 +174,16 @@ class Applications:
         )
 
 
+def fit_size(h: int, w: int, height: int | None, width: int | None, short_side: int = 512) -> tuple[int, int]:
+    """The grid an ``h`` x ``w`` image is fitted to: ``height`` and ``width`` where given; otherwise the short side
+    becomes ``short_side`` and each side a multiple of 8 (the VAE's factor)."""
+    if height is None or width is None:
+        scale = short_side / min(h, w)
+        height = height or max(MIN_SIZE, int(h * scale) // 8 * 8)
+        width = width or max(MIN_SIZE, int(w * scale) // 8 * 8)
+    return height, width
+
+
 def fit_image(image: Tensor, height: int | None = None, width: int | None = None, short_side: int = 512) -> Tensor:
     """Center-crop and resize ``[3, H, W]`` to the model's grid. With ``height``/``width`` given: the largest centered
     region of that aspect ratio, resized to exactly that size. Without: the short side becomes ``short_side`` and each
@@ -169,11 +194,7 @@ def fit_image(image: Tensor, height: int | None = None, width: int | None = None
     :func:`animatezero.io.check_image_size`."""
     _, h, w = image.shape
     check_image_size(h, w)
-    if height is None or width is None:
-        scale = short_side / min(h, w)
-        height = height or max(MIN_SIZE, int(h * scale) // 8 * 8)
-        width = width or max(MIN_SIZE, int(w * scale) // 8 * 8)
-    check_size(height, width)
+    height, width = check_size(*fit_size(h, w, height, width, short_side))
     # the centered source region with the target's aspect ratio: [3, crop_h, crop_w]
     if w * height > h * width:
         crop_h, crop_w = h, max(1, round(h * width / height))

@@ -19,29 +19,71 @@ class NonFiniteError(ValueError):
     black or noise, so no result is returned."""
 
 
-def check_size(height: int, width: int) -> None:
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (``steps=True``, ``guidance_scale="7"``, ``prompt=None``). A ``TypeError``, and a
+    ``ValueError`` too, so the entry points that report bad values in one line (CLI, app) report these alike."""
+
+
+def whole_number(value, name: str) -> int:
+    """``value`` as an ``int``: Python and numpy integers are whole numbers; a bool (``True`` is not 1 step), a float
+    (1.5 would be truncated silently) or a string is refused, naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{name} must be an integer, got {value!r:.80} ({type(value).__name__})")
+    return int(value)
+
+
+def real_number(value, name: str) -> float:
+    """``value`` as a ``float``: Python and numpy numbers; a bool, a string or a tensor is refused, naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fix = f"pass a number, e.g. {name}={value.strip()}" if isinstance(value, str) else "pass a plain number"
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r:.80} ({type(value).__name__}); {fix}")
+    return float(value)
+
+
+def check_prompts(allow_none: bool = False, **prompts) -> None:
+    """Each keyword (``prompt=..., negative_prompt=...``) is a string; ``None`` too where ``allow_none`` (it means
+    "the image's own")."""
+    for name, value in prompts.items():
+        if not isinstance(value, str) and not (allow_none and value is None):
+            fix = "pass '' for none" if value is None else "pass one string (one call per prompt)"
+            raise ArgumentTypeError(f"{name} must be a string, got {value!r:.80} ({type(value).__name__}); {fix}")
+
+
+def check_size(height: int, width: int) -> tuple[int, int]:
+    """The requested ``(height, width)`` as ints: multiples of 8 in ``MIN_SIZE..MAX_SIZE``."""
+    sides = []
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
+        value = whole_number(value, name)
+        if value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
             raise ValueError(
                 f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} pixels, got {value!r} "
-                f"(e.g. {max(MIN_SIZE, min(MAX_SIZE, round(value / 64) * 64)) if isinstance(value, int) else 512})"
+                f"(e.g. {max(MIN_SIZE, min(MAX_SIZE, round(value / 64) * 64))})"
             )
+        sides.append(value)
+    return sides[0], sides[1]
 
 
-def check_sampling(steps: int, guidance_scale: float) -> None:
-    if not isinstance(steps, int) or steps < 1 or steps > 1000:
+def check_sampling(steps: int, guidance_scale: float) -> tuple[int, float]:
+    """``(steps, guidance_scale)`` as ``(int, float)``: 1..1000 DDIM steps, a finite guidance scale >= 0."""
+    steps = whole_number(steps, "steps")
+    if not 1 <= steps <= 1000:
         raise ValueError(f"steps must be an integer in 1..1000, got {steps!r}")
-    if isinstance(guidance_scale, bool) or not (guidance_scale >= 0 and math.isfinite(guidance_scale)):
+    guidance_scale = real_number(guidance_scale, "guidance_scale")
+    if not (guidance_scale >= 0 and math.isfinite(guidance_scale)):
         raise ValueError(f"guidance_scale must be >= 0 and finite (1 = no guidance), got {guidance_scale!r}")
+    return steps, guidance_scale
 
 
-def check_frames(num_frames: int, minimum: int = 1) -> None:
-    if not isinstance(num_frames, int) or num_frames < minimum:
+def check_frames(num_frames: int, minimum: int = 1) -> int:
+    num_frames = whole_number(num_frames, "num_frames")
+    if num_frames < minimum:
         raise ValueError(f"num_frames must be an integer >= {minimum}, got {num_frames!r}")
+    return num_frames
 
 
 def check_seed(seed: int) -> int:
-    """A seed is a whole number in 0..2**64-1 (a float such as 1.5 would be truncated silently, so it is refused)."""
+    """A seed is a whole number in 0..2**64-1 (a float such as 1.5 would be truncated silently, so it is refused);
+    returned as an ``int`` (``torch.Generator.manual_seed`` takes no numpy integer)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be a whole number in 0..2**64-1, got {seed!r} ({type(seed).__name__})")
     if not 0 <= seed <= MAX_SEED:
@@ -64,7 +106,7 @@ def check_latents(latents: Tensor | None, shape: tuple[int, ...], seed: int | No
     """Check given initial latents (shape, finiteness) or the seed that will make them; returns the seed to use: the
     given one, or a fresh one when neither seed nor latents were given."""
     if seed is not None:
-        check_seed(seed)
+        seed = check_seed(seed)
     if latents is None:
         return seed if seed is not None else new_seed()
     if tuple(latents.shape) != shape:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace as replace_fields
 
 import torch
@@ -36,6 +37,20 @@ OOM_ADVICE = (
 )
 
 
+def _check_loras(loras: Sequence[tuple[str | os.PathLike, float]]) -> list[tuple[str | os.PathLike, float]]:
+    """``[(path_or_hub, scale), ...]`` checked: pairs, with finite scales."""
+    from models.lora import check_scale
+
+    if isinstance(loras, str | os.PathLike):
+        raise ValueError(f"loras= takes a list of (path, scale) pairs, e.g. loras=[({str(loras)!r}, 0.8)]")
+    out = []
+    for i, entry in enumerate(loras):
+        if not isinstance(entry, tuple | list) or len(entry) != 2 or not isinstance(entry[0], str | os.PathLike):
+            raise ValueError(f"loras[{i}] = {entry!r} is not a (path, scale) pair, e.g. ('style.safetensors', 0.8)")
+        out.append((entry[0], check_scale(entry[1], f"loras[{i}]")))
+    return out
+
+
 class AnimateZeroPipeline(Applications):
     """SD1.5 + AnimateDiff with AnimateZero's controls.
 
@@ -47,6 +62,7 @@ class AnimateZeroPipeline(Applications):
     """
 
     progress: bool = True
+    loras: list[tuple[str, float]] = []  # the SD1.5 LoRAs merged now (set_loras)
 
     def __init__(
         self, unet, vae, text_encoder, tokenizer, motion_module=None, *, schedule: DDIMSchedule | None = None,
@@ -93,16 +109,22 @@ class AnimateZeroPipeline(Applications):
     def from_single_files(
         cls, checkpoint: str | os.PathLike, motion_module: str | os.PathLike | None = None, *,
         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0, **kwargs,
+        motion_lora: str | os.PathLike | None = None, motion_lora_scale: float = 1.0,
+        loras: Sequence[tuple[str | os.PathLike, float]] = (), **kwargs,
     ) -> AnimateZeroPipeline:  # fmt: skip
         """Load an SD1.5 single-file checkpoint and (optionally) an AnimateDiff motion module, from local paths or hub
-        references ``org/repo/file`` (downloaded on first use)."""
+        references ``org/repo/file`` (downloaded on first use). ``loras``: SD1.5 LoRAs ``[(path_or_hub, scale), ...]``
+        merged into the UNet and text encoder (docs/lora.md); :meth:`set_loras` changes them later."""
         from animatezero.hub import resolve_all
         from models.loading import load_motion_lora, load_motion_module, load_sd15
+        from models.lora import read_lora
         from models.tokenizer import CLIPTokenizer
 
         # every file found first (offline: one error naming all that are missing), then loaded
-        files = resolve_all({"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora})
+        loras = _check_loras(loras)
+        refs = {"checkpoint": checkpoint, "motion_module": motion_module, "motion_lora": motion_lora}
+        files = resolve_all(refs | {f"loras[{i}]": ref for i, (ref, _) in enumerate(loras)})
+        parsed = [(read_lora(files[f"loras[{i}]"]), scale) for i, (_, scale) in enumerate(loras)]  # before the model
         unet, vae, text_encoder = load_sd15(files["checkpoint"], device=device, dtype=dtype)
         motion = None
         if motion_module is not None:
@@ -111,7 +133,32 @@ class AnimateZeroPipeline(Applications):
                 load_motion_lora(files["motion_lora"], motion, alpha=motion_lora_scale)
         elif motion_lora is not None:
             raise ValueError("a motion LoRA needs a motion module: pass motion_module= as well")
-        return cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+        pipe = cls(unet, vae, text_encoder, CLIPTokenizer(), motion, device=device, dtype=dtype, **kwargs)
+        if parsed:
+            pipe._merge_loras(parsed, [(str(ref), scale) for ref, scale in loras])
+        return pipe
+
+    def set_loras(self, loras: Sequence[tuple[str | os.PathLike, float]]) -> list[str]:
+        """Replace the merged SD1.5 LoRAs by ``[(path_or_hub, scale), ...]`` without reloading the checkpoint: every
+        file is read and checked against the networks first (nothing changes on an error), then each touched weight
+        becomes ``W_base + sum scale_i * alpha_i / rank_i * up_i @ down_i``. ``set_loras([])`` restores the base
+        weights bit for bit. Returns the touched weights (``unet:<name>`` / ``text_encoder:<name>``)."""
+        from animatezero.hub import resolve_all
+        from models.lora import read_lora
+
+        loras = _check_loras(loras)
+        files = resolve_all({f"loras[{i}]": ref for i, (ref, _) in enumerate(loras)})
+        parsed = [(read_lora(files[f"loras[{i}]"]), scale) for i, (_, scale) in enumerate(loras)]
+        return self._merge_loras(parsed, [(str(ref), scale) for ref, scale in loras])
+
+    def _merge_loras(self, parsed, loras: list[tuple[str, float]]) -> list[str]:
+        from models.lora import LoRAMerger
+
+        if getattr(self, "_lora_merger", None) is None:
+            self._lora_merger = LoRAMerger({"unet": self.unet, "text_encoder": self.text_encoder})
+        touched = self._lora_merger.set(parsed)
+        self.loras = loras  # what is merged now, as given
+        return touched
 
     @classmethod
     def toyworld(cls, *, device: str | torch.device = "cpu", **kwargs) -> AnimateZeroPipeline:
@@ -128,16 +175,14 @@ class AnimateZeroPipeline(Applications):
         """The requested size, each side defaulting to the model's (``default_size``: 512x512 for SD1.5), checked."""
         height = self.default_size[0] if height is None else height  # 0 is refused, not taken for "default"
         width = self.default_size[1] if width is None else width
-        checks.check_size(height, width)
-        return height, width
+        return checks.check_size(height, width)
 
     def sampling(self, steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
         """The requested DDIM steps and guidance scale, each defaulting to the model's (``default_sampling``: 25 and
         7.5 for SD1.5; the toy world's 10 and 5), checked."""
         steps = self.default_sampling[0] if steps is None else steps
         guidance_scale = self.default_sampling[1] if guidance_scale is None else guidance_scale
-        checks.check_sampling(steps, guidance_scale)
-        return steps, guidance_scale
+        return checks.check_sampling(steps, guidance_scale)
 
     # building blocks ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -213,6 +258,7 @@ class AnimateZeroPipeline(Applications):
         """Step 1: DDIM text-to-image with the spatial UNet alone, keeping every intermediate latent and, with
         ``record_kv``, the spatial self-attention keys/values of every layer, step and guidance branch. ``callback``
         sees every step's :class:`models.ddim.StepInfo` (e.g. for a progress bar), as in the video methods."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
         x, seed = self._start(latents, (1, 4, height // 8, width // 8), seed)
@@ -283,6 +329,7 @@ class AnimateZeroPipeline(Applications):
     ) -> VideoResult:  # fmt: skip
         """Plain AnimateDiff text-to-video (the baseline): the video UNet with global temporal attention.
         ``sliding_windows`` allows clips longer than the motion module's position table (anchored windows)."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)
@@ -298,6 +345,7 @@ class AnimateZeroPipeline(Applications):
         end_prompt: str | None, callback,
     ) -> VideoResult:  # fmt: skip
         """Step 2 with one anchor image (frame 0) or two (frame 0 and the last): :meth:`animate`, ``interpolate``."""
+        checks.check_prompts(allow_none=True, prompt=prompt, negative_prompt=negative_prompt, end_prompt=end_prompt)
         self._require_motion(num_frames, minimum=len(anchors))
         controls = controls if controls is not None else Controls.paper()
         first = anchors[0][1]
@@ -346,6 +394,7 @@ class AnimateZeroPipeline(Applications):
         """Step 1 and step 2 in lockstep: image step i runs just before video step i, so the keys/values of only one
         step are ever held (instead of every step's), with results identical to :meth:`text_to_image` with
         ``record_kv`` followed by :meth:`animate` (tested bit for bit). Image and video noise come from ``seed``."""
+        checks.check_prompts(prompt=prompt, negative_prompt=negative_prompt)
         self._require_motion(num_frames)
         height, width = self.size(height, width)
         steps, guidance_scale = self.sampling(steps, guidance_scale)

@@ -24,26 +24,55 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An RGB image file -> ``[1, 3, H, W]`` float in [0, 1] (alpha dropped, palette/greyscale converted)."""
+    """An RGB image file -> ``[1, 3, H, W]`` float in [0, 1] (alpha dropped, palette/greyscale converted). The
+    header is checked first against the input-image limits of :mod:`animatezero.io` (format, pixels, shape)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    from animatezero.io import IMAGE_FORMATS, check_image_file
+
+    check_image_file(path)
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         return as_image(np.asarray(im.convert("RGB")))
 
 
 def read_frame_folder(folder: str | os.PathLike) -> Tensor:
-    """All image files of a folder, in file-name order (``0000.png``, ``0001.png``, ...) -> ``[F, 3, H, W]``."""
+    """All image files of a folder, in file-name order (``0000.png``, ``0001.png``, ...) -> ``[F, 3, H, W]``; their
+    headers are read first, so a folder whose frames hold more than ``MAX_VIDEO_PIXELS`` is refused undecoded."""
+    from animatezero.io import check_image_file
+
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no image frames in {folder}")
+    _check_video_pixels(sum(h * w for h, w in map(check_image_file, files)), f"{len(files)} frames in {folder}")
     return torch.cat([read_image(p) for p in files])
 
 
+def _check_video_pixels(pixels: int, what: str) -> None:
+    from animatezero.io import MAX_VIDEO_PIXELS, ImageInputError
+
+    if pixels > MAX_VIDEO_PIXELS:
+        raise ImageInputError(
+            f"{what} hold {pixels / 1e6:.1f} megapixels, over the {MAX_VIDEO_PIXELS / 1e6:.1f} MP a video may "
+            f"have; evaluate fewer or smaller frames"
+        )
+
+
 def _read_gif(path: Path) -> Tensor:
+    """Every frame of a GIF, composited by Pillow onto its logical screen: refused from its header (screen size
+    times frame count) when that is more than ``MAX_VIDEO_PIXELS``."""
     from PIL import Image, ImageSequence
 
-    with Image.open(path) as im:
-        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(im)]
+    from animatezero.io import check_image_file
+
+    check_image_file(path, what=f"GIF {str(path)!r}")
+    with Image.open(path, formats=["GIF"]) as im:
+        what = f"the {im.n_frames} frames of GIF {str(path)!r}"
+        _check_video_pixels(im.n_frames * im.width * im.height, what)
+        frames, pixels = [], 0
+        for frame in ImageSequence.Iterator(im):
+            pixels += frame.width * frame.height  # a later frame may enlarge the screen
+            _check_video_pixels(pixels, what)
+            frames.append(np.asarray(frame.convert("RGB")))
     return as_video(np.stack(frames))
 
 

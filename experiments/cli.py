@@ -116,6 +116,54 @@ def check_values(cfg: DictConfig) -> None:
         _int("repeats", cfg.repeats, 1, None, "repeats=2")
 
 
+# ------------------------------------------------------------------------------------------------- LoRAs
+LORA_HINT = "write lora='[style.safetensors:0.8,hf://org/repo/file.safetensors]' (path or hub file, optional :scale)"
+
+
+def parse_lora_entry(entry: Any, key: str = "lora") -> tuple[str, float]:
+    """``"path_or_hub[:scale]"`` -> ``(reference, scale)``; the scale (default 1.0) follows the LAST colon, and only
+    when what follows parses as a number (so ``C:/x.safetensors`` or ``hf://org/repo/x@rev`` keep their colons).
+    A mapping ``{path: ..., scale: ...}`` (from a YAML file) is accepted too."""
+    if isinstance(entry, DictConfig | dict):
+        ref, scale = entry.get("path"), entry.get("scale", 1.0)
+    else:
+        text = str(entry).strip() if isinstance(entry, str) else None
+        if not text:
+            raise ConfigError(f"{key}={entry!r} is not a LoRA file; {LORA_HINT}")
+        ref, scale = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                scale, ref = float(tail), head
+            except ValueError:
+                pass
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{key}={entry!r} names no file; {LORA_HINT}")
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if isinstance(scale, bool) or not math.isfinite(scale):
+        raise ConfigError(f"{key}={entry!r}: the scale is not a finite number; e.g. {ref}:0.8")
+    return ref, scale
+
+
+def lora_entries(cfg: DictConfig) -> list[tuple[str, float]]:
+    """The SD1.5 LoRAs a config asks for, ``[(reference, scale), ...]``: the top-level shortcut ``lora`` where the
+    config has one (it follows ``model.lora`` unless given), else ``model.lora``. ``null`` or ``[]``: none; a single
+    string is one LoRA."""
+    value = cfg.lora if "lora" in cfg else OmegaConf.select(cfg, "model.lora", default=None)
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [parse_lora_entry(item, f"lora[{i}]") for i, item in enumerate(items)]
+
+
+def lora_refs(cfg: DictConfig) -> dict[str, str]:
+    """``{"lora[i]": reference}`` for :func:`animatezero.hub.resolve_all` (errors name ``lora[i]``)."""
+    return {f"lora[{i}]": ref for i, (ref, _) in enumerate(lora_entries(cfg))}
+
+
 # ------------------------------------------------------------------------------------------------- output folder
 def check_out_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Prove that ``path`` can become a run directory without creating anything: an existing folder must be writable

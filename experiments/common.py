@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from animatezero.hub import checkpoint_sha256, resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult
-from experiments.cli import ConfigError
+from experiments.cli import ConfigError, lora_entries, lora_refs
 from experiments.runs import check_name, distinct_outputs, inside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -202,8 +203,9 @@ def ensure_synthetic(cfg: DictConfig) -> None:
 
 
 def checkpoint_refs(cfg: DictConfig) -> dict[str, str | None]:
-    """The weight files a config names, by the setting a user types to change each."""
-    return {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion.lora": cfg.motion.lora}
+    """The weight files a config names, by the setting a user types to change each (SD1.5 LoRAs as ``lora[i]``)."""
+    refs = {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion.lora": cfg.motion.lora}
+    return refs | lora_refs(cfg)
 
 
 def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
@@ -212,8 +214,9 @@ def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
     refs = checkpoint_refs(cfg)
     paths = resolve_all(refs, cache_dir=cfg.paths.cache_dir)  # verified against hub.PINS for the defaults
     out = {}
+    scales = [scale for _, scale in lora_entries(cfg)]
     for setting, path in paths.items():
-        key = setting.replace(".", "_")  # motion.lora -> motion_lora in run.json
+        key = setting.replace(".", "_").replace("[", "_").rstrip("]")  # motion.lora -> motion_lora, lora[0] -> lora_0
         out[key] = {
             "ref": str(refs[setting]),
             "path": str(path),
@@ -221,7 +224,15 @@ def resolve_checkpoints(cfg: DictConfig) -> dict[str, dict]:
         }
     if "motion_lora" in out:
         out["motion_lora"]["scale"] = float(cfg.motion.lora_scale)
+    for i, scale in enumerate(scales):  # SD1.5 LoRAs: lora_0, lora_1, ... each with its file's SHA-256 and scale
+        out[f"lora_{i}"]["scale"] = scale
     return out
+
+
+def lora_files(files: Mapping[str, dict]) -> list[tuple[str, float]]:
+    """``[(path, scale), ...]`` of the SD1.5 LoRAs in :func:`resolve_checkpoints`' result, in order."""
+    keys = sorted((k for k in files if re.fullmatch(r"lora_\d+", k)), key=lambda k: int(k[5:]))
+    return [(files[k]["path"], files[k]["scale"]) for k in keys]
 
 
 def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype: torch.dtype) -> AnimateZeroPipeline:
@@ -234,6 +245,7 @@ def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype
         dtype=dtype,
         motion_lora=lora["path"] if lora else None,
         motion_lora_scale=lora["scale"] if lora else 1.0,
+        loras=lora_files(files),
         vae_chunk_size=cfg.model.vae_chunk_size,
         offload=bool(cfg.model.offload),
         compile=cfg.model.compile,

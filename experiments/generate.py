@@ -42,9 +42,11 @@ def check(cfg: DictConfig) -> None:
         cfg.out_dir if cfg.out_dir is not None else cli.default_run_dir(cfg.paths.output_root, "generate")
     )
     cli.check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
+    loras = cli.lora_refs(cfg)  # SD1.5 LoRAs (model.lora / lora=): every entry checked here
     if cfg.model.synthetic is None and cfg.motion.synthetic is None:
         # missing local weights, or hub files missing while offline, are reported now, before torch is even imported
         refs = {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion.lora": cfg.motion.lora}
+        refs |= loras
         resolve_all(refs, download=False, cache_dir=cfg.paths.cache_dir)
 
 

@@ -44,6 +44,7 @@ def plan(cfg: DictConfig, root: Path, items: list[dict], configurations: dict, c
                     "controls": controls.fingerprint_fields(),
                     "checkpoints": {k: v["sha256"] for k, v in checkpoints.items()},
                     "lora_scale": cfg.motion.lora_scale,
+                    "lora_scales": {k: v["scale"] for k, v in checkpoints.items() if k.startswith("lora_")},
                 }
             )
             done = read_run(inside(root, f"{label}/{item['dirname']}", "sweep item"))

@@ -306,6 +306,14 @@ def load_sd15(
 
     sd = read_state_dict(path)
     family = detect_family(sd)
+    if family == "lora":  # a LoRA is merged on top of a full checkpoint, never loaded as one (docs/lora.md)
+        raise WrongFamilyError(
+            f"{path} is not an SD1.5 checkpoint: it is a LoRA (low-rank deltas only), not a full model; pass a full "
+            f"SD1.5 checkpoint as the base "
+            f"model and this file as lora= (CLI: 'lora=[{os.path.basename(path)}:0.8]'; Python: "
+            f"from_single_files(checkpoint, motion_module, loras=[(path, 0.8)]))",
+            family,
+        )
     if family != "sd15":
         raise WrongFamilyError(
             f"{path} is not an SD1.5 checkpoint: {family_advice(family, sd, 'the base model')}", family

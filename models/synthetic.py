@@ -9,6 +9,9 @@ tested against. A layout is an ordered ``{key: shape}`` dict; :func:`random_stat
 Full-size layouts (SD1.5 defaults): UNet 686 tensors / 859,520,964 params, VAE 248 / 83,653,863, CLIP 196 (+1
 ``position_ids``) / 123,060,480; motion v1/v3 560 tensors, v2 588 (417,137,600 / 453,209,280 params without ``pe``);
 MotionLoRA r=64 on the v2 tree 336 / 19,333,120.
+
+SD1.5 LoRAs (:func:`lora_layout`, :func:`write_lora`) are written in the real layouts read by ``models/lora.py``
+(kohya, peft, older diffusers, AnimateDiff's v3 adapter, and an SDXL kohya file for refusals; docs/lora.md §2).
 """
 
 from __future__ import annotations
@@ -464,5 +467,111 @@ def write_motion_lora(
 ) -> dict[str, Tensor]:
     """Write a synthetic MotionLoRA for the modules of ``cfg`` and return the state dict that was written."""
     sd = random_state_dict(motion_lora_layout(cfg, rank), seed=seed, dtype=dtype)
+    save_state_dict(sd, path)
+    return sd
+
+
+# ------------------------------------------------------------------------------------------------------- LoRAs
+LORA_STYLES = ("kohya", "peft", "diffusers", "animatediff_adapter", "sdxl_kohya")
+_ATTENTION_PROJECTIONS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                          "attn2.to_v", "attn2.to_out.0")  # fmt: skip
+
+
+def lora_targets(
+    unet_cfg: UNetConfig = SD15_UNET, clip_cfg: CLIPTextConfig = SD15_CLIP, *, conv: bool = False
+) -> dict[str, dict[str, Shape]]:
+    """The layers a LoRA of the usual kohya/diffusers coverage targets, in diffusers names, with their weight shapes:
+    ``{"unet": {name: shape}, "text_encoder": {name: shape}}``. UNet: every Linear and 1x1 conv of the transformers
+    (``proj_in``, attention projections, ``ff``, ``proj_out``); with ``conv`` also the ResNets (3x3 ``conv1``/``conv2``,
+    ``time_emb_proj``, 1x1 ``conv_shortcut``) and the down/upsamplers, as LoCon/AnimateLCM files do. Text encoder: the
+    attention projections and the MLP of every layer (names as in the LDM layout below ``transformer.``)."""
+    from models.keymap import unet_ldm_to_diffusers
+
+    unet = {}
+    for key, shape in unet_layout(unet_cfg, prefix="").items():
+        if not key.endswith(".weight") or len(shape) not in (2, 4):
+            continue
+        name = unet_ldm_to_diffusers(key.removesuffix(".weight"), unet_cfg)
+        if name is None or not name.startswith(("down_blocks.", "mid_block.", "up_blocks.")):
+            continue
+        in_transformer = ".attentions." in name and (len(shape) == 2 or shape[2:] == (1, 1))
+        if in_transformer or (conv and (".resnets." in name or "samplers." in name)):
+            unet[name] = shape
+    text = {}
+    for key, shape in clip_layout(clip_cfg, prefix="text_model.").items():
+        if key.endswith(".weight") and (".self_attn." in key or ".mlp." in key):
+            text[key.removesuffix(".weight")] = shape
+    return {"unet": unet, "text_encoder": text}
+
+
+def lora_layout(
+    style: str,
+    unet_cfg: UNetConfig = SD15_UNET,
+    clip_cfg: CLIPTextConfig = SD15_CLIP,
+    *,
+    rank: int = 4,
+    conv: bool = False,
+    text_encoder: bool = True,
+) -> Layout:
+    """Keys and shapes of a LoRA file in a real layout (docs/lora.md §2): ``kohya`` (``lora_unet_*``/``lora_te_*``
+    ``.lora_down/.lora_up.weight`` + ``.alpha``), ``peft`` (``unet.*``/``text_encoder.*`` ``.lora_A/.lora_B.weight``),
+    ``diffusers`` (older: ``unet.*.processor.to_q_lora.down.weight``, ``text_encoder.*.lora_linear_layer.down.weight``),
+    ``animatediff_adapter`` (``v3_sd15_adapter.ckpt``: the processor layout without ``unet.``, attention projections
+    only) and ``sdxl_kohya`` (kohya keys in SDXL's layout, for refusal tests). Conv down matrices keep the kernel
+    (``[r, in, 3, 3]``), conv up matrices are ``[out, r, 1, 1]``."""
+    if style not in LORA_STYLES:
+        raise ValueError(f"unknown LoRA style {style!r}; one of {LORA_STYLES}")
+    out: Layout = {}
+    if style == "sdxl_kohya":
+        out["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = (rank, 768)
+        out["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = (768, rank)
+        out["lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight"] = (rank, 2048)
+        out["lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight"] = (640, rank)
+        return out
+    targets = lora_targets(unet_cfg, clip_cfg, conv=conv)
+    if style in ("diffusers", "animatediff_adapter"):  # attention processors: q/k/v/out only
+        targets["unet"] = {n: s for n, s in targets["unet"].items() if n.endswith(_ATTENTION_PROJECTIONS)}
+    if style == "animatediff_adapter" or not text_encoder:
+        targets["text_encoder"] = {}
+    for component, layers in targets.items():
+        for name, shape in layers.items():
+            down, up = (rank, *shape[1:]), (shape[0], rank, *(1,) * (len(shape) - 2))
+            if style == "kohya":
+                base = ("lora_unet_" if component == "unet" else "lora_te_") + name.replace(".", "_")
+                keys = (base + ".lora_down.weight", base + ".lora_up.weight")
+                out[base + ".alpha"] = ()
+            elif style == "peft":
+                keys = (f"{component}.{name}.lora_A.weight", f"{component}.{name}.lora_B.weight")
+            elif component == "text_encoder":  # diffusers, text encoder
+                keys = tuple(f"text_encoder.{name}.lora_linear_layer.{s}.weight" for s in ("down", "up"))
+            else:  # diffusers / AnimateDiff adapter: <attention>.processor.to_q_lora.down.weight (to_out.0 -> to_out)
+                attention, proj = name.rsplit(".", 1) if not name.endswith("to_out.0") else (name[:-9], "to_out")
+                prefix = "unet." if style == "diffusers" else ""
+                keys = tuple(f"{prefix}{attention}.processor.{proj}_lora.{s}.weight" for s in ("down", "up"))
+            out[keys[0]], out[keys[1]] = down, up
+    return out
+
+
+def write_lora(
+    path: str | os.PathLike,
+    style: str,
+    unet_cfg: UNetConfig = SD15_UNET,
+    clip_cfg: CLIPTextConfig = SD15_CLIP,
+    *,
+    rank: int = 4,
+    alpha: float | None = None,
+    conv: bool = False,
+    text_encoder: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Tensor]:
+    """Write a synthetic LoRA (:func:`lora_layout`) with random factors (up non-zero, as after training) and return
+    the state dict written. kohya ``.alpha`` entries hold ``alpha`` (default: ``rank / 2``, so the alpha/rank factor
+    is exercised)."""
+    layout = lora_layout(style, unet_cfg, clip_cfg, rank=rank, conv=conv, text_encoder=text_encoder)
+    sd = random_state_dict({k: v for k, v in layout.items() if not k.endswith(".alpha")}, seed=seed, dtype=dtype)
+    for key in layout:
+        if key.endswith(".alpha"):
+            sd[key] = torch.tensor(float(rank / 2 if alpha is None else alpha), dtype=torch.float32)
     save_state_dict(sd, path)
     return sd
