@@ -23,55 +23,16 @@ from models.ddim import ddim_invert
 class Applications:
     """The applications, as methods of the pipeline (``self`` is an ``AnimateZeroPipeline``)."""
 
-    @torch.inference_mode()
-    def interpolate(
-        self,
-        first: ImageResult,
-        last: ImageResult,
-        prompt: str | None = None,
-        *,
-        controls: Controls | None = None,
-        num_frames: int = 16,
-        seed: int | None = None,
-        latents: Tensor | None = None,
-        negative_prompt: str | None = None,
-        guidance_scale: float | None = None,
-        callback=None,
-    ) -> VideoResult:
-        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; docs/method.md §6):
-        both trajectories are inserted (frame 0 and frame f-1), keys/values cross-fade from the first image's to the
-        last's, and the window attention is anchored at both ends. Both anchor frames are reproduced exactly."""
-        args = (controls, num_frames, seed, latents, negative_prompt, guidance_scale, None, callback)
-        return self._animate([(0, first), (num_frames - 1, last)], prompt, *args)
+    def interpolate(self, first: ImageResult, last: ImageResult, prompt: str | None = None, **kwargs) -> VideoResult:
+        """A clip from ``first`` to ``last`` (our extension of the paper's interpolation application; see
+        docs/method.md): both trajectories are inserted (frame 0 and frame f-1), keys/values cross-fade from the first
+        image's to the last's, and the window attention is anchored at both ends. Both anchor frames are reproduced
+        exactly. ``kwargs`` are :meth:`animate`'s."""
+        return self.animate(first, prompt, last=last, **kwargs)
 
     def loop(self, image: ImageResult, prompt: str | None = None, **kwargs) -> VideoResult:
         """A looping clip: first and last frame are both ``image``."""
-        return self.interpolate(image, image, prompt, **kwargs)
-
-    def baseline_video(
-        self,
-        image: ImageResult,
-        prompt: str | None = None,
-        *,
-        num_frames: int = 16,
-        seed: int | None = None,
-        sliding_windows: bool = False,
-        callback=None,
-    ) -> VideoResult:
-        """Plain AnimateDiff text-to-video (every control off: the baseline row) with ``image``'s prompt (or
-        ``prompt``), negative prompt, size, steps and guidance, so it is compared with AnimateZero like for like."""
-        return self.text_to_video(
-            prompt or image.prompt,
-            num_frames=num_frames,
-            negative_prompt=image.negative_prompt,
-            height=image.height,
-            width=image.width,
-            steps=image.steps,
-            guidance_scale=image.guidance_scale,
-            seed=seed,
-            sliding_windows=sliding_windows,
-            callback=callback,
-        )
+        return self.animate(image, prompt, last=image, **kwargs)
 
     def candidates(self, prompt: str, seeds: list[int], **kwargs) -> list[ImageResult]:
         """Interactive generation, step 1: several images of one prompt; animate the one you like."""
@@ -152,9 +113,11 @@ class Applications:
         negative_prompt: str = "",
         controls: Controls | None = None,
         seed: int | None = None,
+        callback=None,
     ) -> VideoResult:
         """A longer clip: the last frame of ``video`` (its latent, DDIM-inverted) is animated into a new clip that is
-        appended without repeating the shared frame, so the join is seamless."""
+        appended without repeating the shared frame, so the join is seamless. ``callback`` sees every step of the new
+        clip's sampling, as in :meth:`animate`."""
         prompt = video.prompt if prompt is None else prompt
         last = self.invert_latent(
             video.latents[:, :, -1],
@@ -164,13 +127,13 @@ class Applications:
             negative_prompt=negative_prompt,
             image=video.frames[-1],
         )
-        more = self.animate(last, prompt, controls=controls, num_frames=num_frames, seed=seed)
+        more = self.animate(last, prompt, controls=controls, num_frames=num_frames, seed=seed, callback=callback)
         return VideoResult(
             frames=torch.cat([video.frames, more.frames[1:]]),
             latents=torch.cat([video.latents, more.latents[:, :, 1:].to(video.latents.device)], dim=2),
             prompt=prompt,
             seed=more.seed,
-            info={"segments": [video.num_frames, more.num_frames - 1]},
+            info={"mode": more.info["mode"], "segments": [video.num_frames, more.num_frames - 1]},
         )
 
 

@@ -135,15 +135,6 @@ def stepped_denoiser(model: UNetRunner, cond: Tensor, uncond: Tensor, scale: flo
 
 
 @dataclass
-class AnchorFrame:
-    """A video frame that reproduces a step-1 image: its latents are inserted and its keys/values shared."""
-
-    frame: int
-    trajectory: list[Tensor]  # latent entering each sampling step, then z_0 (in lockstep: grows step by step)
-    kv: KVBank | None  # recorded keys/values (kv_source="cached"); None: taken from the current pass
-
-
-@dataclass
 class LockstepImage:
     """Step 1 sampled alongside step 2: image step ``i`` runs just before video step ``i``, so only one step's
     keys/values are ever held. ``trajectory`` starts as ``[z_T]``; the loop appends each step's result."""
@@ -154,7 +145,7 @@ class LockstepImage:
     bank: KVBank | None
 
 
-def share_initial_noise(x: Tensor, anchors: Sequence[AnchorFrame], share: float) -> Tensor:
+def share_initial_noise(x: Tensor, anchors: Sequence[Anchor], share: float) -> Tensor:
     """The video's initial latents with ``share`` of each frame's noise variance taken from the nearest anchor's
     step-1 initial latent ``z_T``: ``x_j = sqrt(s) z_T + sqrt(1 - s) x_j`` (unit variance kept). The paper does not
     say how the frames other than the first start (docs/method.md §3); ``s = 0`` is AnimateDiff's independent noise,
@@ -176,7 +167,7 @@ def sample_video(
     guidance_scale: float,
     steps: int,
     controls: Controls,
-    anchors: list[AnchorFrame],
+    anchors: list[Anchor],
     *,
     image: LockstepImage | None = None,
     callback: Callable[[StepInfo], None] | None = None,
@@ -192,7 +183,7 @@ def sample_video(
     insert = controls.insert_latent and bool(anchors)
     insert_at = steps_in_range(timesteps, controls.insert_steps) if insert else frozenset()
     insert_final = insert and controls.insert_steps[1] >= 1.0
-    kv_anchors = [Anchor(a.frame, a.kv) for a in anchors] if controls.share_kv else []
+    kv_anchors = anchors if controls.share_kv else []
     sp = spatial_processors(controls, unet, num_frames, timesteps, state, kv_anchors) if kv_anchors else {}
     tp = temporal_processors(
         controls,

@@ -21,8 +21,8 @@ from animatezero.checks import NonFiniteError, new_seed
 from animatezero.controls import Controls
 from animatezero.hooks import installed
 from animatezero.hub import default_cache_dir
-from animatezero.method import AnchorFrame, LockstepImage, recorders, sample_video, stepped_denoiser
-from animatezero.processors import KVBank, StepState
+from animatezero.method import LockstepImage, recorders, sample_video, stepped_denoiser
+from animatezero.processors import Anchor, KVBank, StepState
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult, psnr
 from models.ddim import DDIMSchedule, ddim_sample
@@ -316,10 +316,15 @@ class AnimateZeroPipeline(Applications):
         alpha = torch.linspace(0, 1, num_frames, device=self.device, dtype=self.dtype).view(1, -1, 1, 1)
         return torch.lerp(start[:, None], self.encode_prompt(end_prompt)[:, None], alpha)  # [1, f, 77, d]
 
-    def _sample_video(self, x, cond, uncond, guidance_scale, steps, controls, anchors, callback, image=None) -> Tensor:
+    def _sample_video(
+        self, x: Tensor, *, cond: Tensor, uncond: Tensor, guidance_scale: float, steps: int, controls: Controls,
+        anchors: list[Anchor], callback, image: LockstepImage | None = None,
+    ) -> Tensor:  # fmt: skip
         with step_bar(steps, "video", callback, self.progress) as step:
-            args = (x, cond, uncond, guidance_scale, steps, controls, anchors)
-            return sample_video(self.runner, self.schedule, *args, image=image, callback=step)
+            return sample_video(
+                self.runner, self.schedule, x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps,
+                controls=controls, anchors=anchors, image=image, callback=step,
+            )  # fmt: skip
 
     @torch.inference_mode()
     def text_to_video(
@@ -336,53 +341,59 @@ class AnimateZeroPipeline(Applications):
         x, seed = self._start(latents, (1, 4, num_frames, height // 8, width // 8), seed)
         cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         controls = replace_fields(Controls.animatediff(), sliding_windows=sliding_windows)
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, steps, controls, [], callback)
-        return self._video_result(z0, prompt, seed)
-
-    def _animate(
-        self, anchors: list[tuple[int, ImageResult]], prompt: str | None, controls: Controls | None, num_frames: int,
-        seed: int | None, latents: Tensor | None, negative_prompt: str | None, guidance_scale: float | None,
-        end_prompt: str | None, callback,
-    ) -> VideoResult:  # fmt: skip
-        """Step 2 with one anchor image (frame 0) or two (frame 0 and the last): :meth:`animate`, ``interpolate``."""
-        checks.check_prompts(allow_none=True, prompt=prompt, negative_prompt=negative_prompt, end_prompt=end_prompt)
-        self._require_motion(num_frames, minimum=len(anchors))
-        controls = controls if controls is not None else Controls.paper()
-        first = anchors[0][1]
-        guidance_scale = first.guidance_scale if guidance_scale is None else guidance_scale
-        cached = controls.share_kv and controls.kv_source == "cached"
-        checks.check_anchors([image for _, image in anchors], self.schedule, guidance_scale, cached)
-        prompt = first.prompt if prompt is None else prompt
-        negative_prompt = first.negative_prompt if negative_prompt is None else negative_prompt
-        x, seed = self._start(latents, (1, 4, num_frames, *first.latent.shape[-2:]), seed)
-        cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
-        frames = [
-            AnchorFrame(
-                f, im.trajectory, (self.record_features(im) if im.kv_bank is None else im.kv_bank) if cached else None
-            )
-            for f, im in anchors
-        ]
-        z0 = self._sample_video(x, cond, uncond, guidance_scale, first.steps, controls, frames, callback)
+        z0 = self._sample_video(
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps, controls=controls, anchors=[],
+            callback=callback,
+        )  # fmt: skip
         video = self._video_result(z0, prompt, seed)
-        for frame, image in anchors:  # how exactly each anchor frame came out (the paper's promise)
-            video.info[f"frame{frame}_psnr_db"] = psnr(video.frames[frame], image.image)
+        video.info["mode"] = "animatediff"
         return video
 
     @torch.inference_mode()
     def animate(
-        self, image: ImageResult, prompt: str | None = None, *, controls: Controls | None = None, num_frames: int = 16,
-        seed: int | None = None, latents: Tensor | None = None, negative_prompt: str | None = None,
-        guidance_scale: float | None = None, end_prompt: str | None = None, callback=None,
+        self, image: ImageResult, prompt: str | None = None, *, last: ImageResult | None = None,
+        controls: Controls | None = None, num_frames: int = 16, seed: int | None = None, latents: Tensor | None = None,
+        negative_prompt: str | None = None, guidance_scale: float | None = None, end_prompt: str | None = None,
+        callback=None,
     ) -> VideoResult:  # fmt: skip
         """Step 2 (paper Sec. 4): animate ``image`` (a step-1 or inverted result) into a clip whose first frame is
-        that image.
+        that image; the one place that decides what kind of clip a request makes (``video.info["mode"]``):
+
+        * ``"animatezero"``: one anchor, frame 0;
+        * ``"interpolation"`` with ``last``: the clip ends on ``last`` (our extension of the paper's interpolation
+          application, docs/method.md); ``"loop"`` when ``last is image``;
+        * ``"animatediff"`` with every control off (``Controls.animatediff()``): the images only lend their prompt,
+          negative prompt, size, steps and guidance, and the clip is plain AnimateDiff text-to-video with this seed,
+          bit for bit :meth:`text_to_video` (tested), so the baseline is compared like for like.
 
         ``prompt=None`` reuses the image's prompt; another prompt steers the motion. ``end_prompt`` interpolates the
         text embedding from ``prompt`` (frame 0) to ``end_prompt`` (last frame). Sampling uses the image's steps (the
         trajectories must line up), guidance scale and negative prompt unless given.
         """
-        args = (controls, num_frames, seed, latents, negative_prompt, guidance_scale, end_prompt, callback)
-        return self._animate([(0, image)], prompt, *args)
+        checks.check_prompts(allow_none=True, prompt=prompt, negative_prompt=negative_prompt, end_prompt=end_prompt)
+        anchors = [(0, image)] if last is None else [(0, image), (num_frames - 1, last)]
+        self._require_motion(num_frames, minimum=len(anchors))
+        controls = controls if controls is not None else Controls.paper()
+        guidance_scale = image.guidance_scale if guidance_scale is None else guidance_scale
+        cached = controls.share_kv and controls.kv_source == "cached"
+        checks.check_anchors([im for _, im in anchors], self.schedule, guidance_scale, cached)
+        prompt = image.prompt if prompt is None else prompt
+        negative_prompt = image.negative_prompt if negative_prompt is None else negative_prompt
+        x, seed = self._start(latents, (1, 4, num_frames, *image.latent.shape[-2:]), seed)
+        cond, uncond = self._text_context(prompt, end_prompt, num_frames), self.encode_prompt(negative_prompt)
+        frames = []
+        for f, im in anchors:  # cached keys/values: recorded in step 1, or replayed now (record_features)
+            bank = (im.kv_bank if im.kv_bank is not None else self.record_features(im)) if cached else None
+            frames.append(Anchor(f, bank=bank, trajectory=im.trajectory))
+        z0 = self._sample_video(
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=image.steps, controls=controls,
+            anchors=frames, callback=callback,
+        )  # fmt: skip
+        video = self._video_result(z0, prompt, seed)
+        video.info["mode"] = video_mode(controls, image, last)
+        for frame, im in anchors:  # how exactly each anchor frame came out (the paper's promise)
+            video.info[f"frame{frame}_psnr_db"] = psnr(video.frames[frame], im.image)
+        return video
 
     @torch.inference_mode()
     def generate(
@@ -414,10 +425,18 @@ class AnimateZeroPipeline(Applications):
             bank,
         )
         z0 = self._sample_video(
-            x, cond, uncond, guidance_scale, steps, controls, [AnchorFrame(0, image.trajectory, bank)], callback, image
-        )
+            x, cond=cond, uncond=uncond, guidance_scale=guidance_scale, steps=steps, controls=controls,
+            anchors=[Anchor(0, bank=bank, trajectory=image.trajectory)], callback=callback, image=image,
+        )  # fmt: skip
         info = {"lockstep": True} | ({"kv_bank_bytes": bank.nbytes} if bank is not None else {})  # one step's worth
         result = self._image_result(image.trajectory, steps, prompt, negative_prompt, guidance_scale, seed, **info)
         video = self._video_result(z0, prompt, seed)
-        video.info["frame0_psnr_db"] = psnr(video.frames[0], result.image)
+        video.info.update(mode=video_mode(controls, result), frame0_psnr_db=psnr(video.frames[0], result.image))
         return result, video
+
+
+def video_mode(controls: Controls, image: ImageResult, last: ImageResult | None = None) -> str:
+    """What kind of clip step 2 makes from ``image`` (and ``last``) under ``controls`` (see :meth:`animate`)."""
+    if not controls.any:
+        return "animatediff"
+    return "animatezero" if last is None else "loop" if last is image else "interpolation"

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -87,13 +88,16 @@ class RecordKV:
         return attn.to_out(attention(attn.to_q(x), k, v, attn.heads))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds tensors
 class Anchor:
-    """A frame whose spatial keys/values other frames share: its index in the clip and, for the cached source, the
-    bank recorded in step 1 for its image (None: take them from that frame in the current pass)."""
+    """A video frame that reproduces a step-1 image (paper Sec. 4.1): its index in the clip, the keys/values recorded
+    in step 1 for its image (``bank``; None: other frames share this frame's keys/values from the current pass), and
+    the image's latents that are inserted (``trajectory``: the latent entering each sampling step, then z_0; in
+    lockstep it grows step by step). The K/V processors read ``frame`` and ``bank`` only."""
 
     frame: int
     bank: KVBank | None = None
+    trajectory: Sequence[Tensor] = ()
 
 
 class SharedFirstFrameKV:

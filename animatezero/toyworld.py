@@ -1,9 +1,10 @@
 """The shipped toy-world model: where its files are, and that they are the files that were trained.
 
-A small SD1.5 single file and an AnimateDiff v2 motion module, trained by ``scripts/train_toyworld.py`` on the
-procedural world of :mod:`evaluation.toyworld` (``a red circle moving right on a black background``, ...). They are
-ordinary checkpoints in the original layouts: the same loaders read them as any community model, with no special
-case. They make every path of the project produce meaningful pictures offline, in seconds on a CPU, at 64x64.
+A small SD1.5 single file and an AnimateDiff v2 motion module, trained by :mod:`experiments.train_toyworld`
+(``python scripts/train_toyworld.py``) on the procedural world of :mod:`evaluation.toyworld` (``a red circle moving
+right on a black background``, ...). They are ordinary checkpoints in the original layouts: the same loaders read
+them as any community model, with no special case. They make every path of the project produce meaningful pictures
+offline, in seconds on a CPU, at 64x64.
 
     pipe = AnimateZeroPipeline.toyworld()
     image, video = pipe.generate("a red circle moving right on a black background", seed=0)

@@ -237,10 +237,10 @@ def lora_files(files: Mapping[str, dict]) -> list[tuple[str, float]]:
 
 def load_pipeline(cfg: DictConfig, files: Mapping[str, dict], device: str, dtype: torch.dtype) -> AnimateZeroPipeline:
     """The pipeline for a config; its own progress bars are off (the entry points draw theirs, named per step)."""
-    lora = files.get("motion_lora")
+    lora, motion = files.get("motion_lora"), files.get("motion_module")  # motion_module=null: images only
     pipe = AnimateZeroPipeline.from_single_files(
         files["checkpoint"]["path"],
-        files["motion_module"]["path"],
+        motion["path"] if motion else None,
         device=device,
         dtype=dtype,
         motion_lora=lora["path"] if lora else None,

@@ -132,8 +132,9 @@ def generate(cfg: DictConfig) -> Path:
 
 def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
     """Step 1 and step 2 -> ``(image, video, mode)``, each pipeline call with a progress bar. The plain case runs in
-    lockstep (``pipe.generate``: one step's keys/values in memory, the same result); every control off is plain
-    AnimateDiff text-to-video with the image's prompt, seed and sampler."""
+    lockstep (``pipe.generate``: one step's keys/values in memory, the same result); otherwise ``pipe.animate``
+    decides the kind of clip (with every control off: plain AnimateDiff text-to-video with the image's prompt, seed
+    and sampler)."""
     from experiments.common import needs_kv, progress
 
     sampler = cfg.sampler
@@ -151,7 +152,7 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
             image, video = pipe.generate(
                 cfg.prompt, **step_one, seed=seed, num_frames=frames, controls=controls, callback=step
             )
-        return image, video, "animatezero"
+        return image, video, video.info["mode"]
 
     def make_image(prompt: str, seed: int):
         with progress(step_one["steps"], "image") as step:
@@ -172,18 +173,10 @@ def image_and_video(pipe, cfg: DictConfig, controls, seed: int, record):
         elif cfg.end_image_prompt is not None:
             last = make_image(cfg.end_image_prompt, int(cfg.end_seed) if cfg.end_seed is not None else seed)
     with record.timer("video"), progress(image.steps, "video") as step:
-        if not controls.any:
-            video = pipe.baseline_video(
-                image, num_frames=frames, seed=seed, sliding_windows=controls.sliding_windows, callback=step
-            )
-            return image, video, "animatediff"
-        if last is not None:  # a loop is an interpolation from the image to itself
-            video = pipe.interpolate(image, last, controls=controls, num_frames=frames, seed=seed, callback=step)
-            return image, video, "loop" if cfg.loop else "interpolation"
-        video = pipe.animate(
-            image, controls=controls, num_frames=frames, seed=seed, end_prompt=cfg.end_prompt, callback=step
+        video = pipe.animate(  # the pipeline decides: animatezero, loop, interpolation or (controls off) animatediff
+            image, last=last, controls=controls, num_frames=frames, seed=seed, end_prompt=cfg.end_prompt, callback=step
         )
-        return image, video, "animatezero"
+    return image, video, video.info["mode"]
 
 
 def write_candidates(pipe, cfg: DictConfig, seed: int, out_dir: Path, record, wandb) -> Path:

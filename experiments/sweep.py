@@ -149,8 +149,10 @@ def sweep(cfg: DictConfig) -> Path:
                     )
                     record.data["timings"].update(timing.data["timings"])
                     with record.timer("video"), common.progress(image.steps, "video") as step:
-                        video = animate(pipe, image, controls, item["seed"], sampler["num_frames"], step)
-                    mode = "animatezero" if controls.any else "animatediff"
+                        video = pipe.animate(  # with every control off: plain AnimateDiff, the baseline
+                            image, controls=controls, num_frames=sampler["num_frames"], seed=item["seed"], callback=step
+                        )
+                    mode = video.info["mode"]
                     with atomic_path(record.run_dir, directory=True) as tmp:  # the item appears whole, or not at all
                         files = common.run_files(cfg, tmp)
                         with record.timer("write"):
@@ -175,16 +177,6 @@ def sweep(cfg: DictConfig) -> Path:
             wandb.finish()
     summary("summary")
     return root
-
-
-def animate(pipe, image, controls, seed: int, num_frames: int, callback):
-    """Step 2 of one configuration: AnimateZero animates the image; with every control off, plain AnimateDiff
-    text-to-video with the image's prompt, seed and sampler (the baseline)."""
-    if controls.any:
-        return pipe.animate(image, controls=controls, num_frames=num_frames, seed=seed, callback=callback)
-    return pipe.baseline_video(
-        image, num_frames=num_frames, seed=seed, sliding_windows=controls.sliding_windows, callback=callback
-    )
 
 
 @hydra.main(config_path="pkg://configs", config_name="sweep", version_base="1.3")

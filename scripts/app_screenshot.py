@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     from PIL import Image
 
+    from animatezero import toyworld
     from experiments import app
 
-    if not overrides and not app.toyworld_available():
+    if not overrides and not toyworld.available():
         overrides = ["debug=tiny"]
-    model = app.Model.load(app.compose_config(overrides))
+    cfg = app.compose_config(overrides)
     with tempfile.TemporaryDirectory(prefix="app_screenshot_") as outputs:
-        shot = take(app.Session(model, outputs), args)
+        shot = take(app.Session.load(cfg, outputs), args)
     shot = shot.crop((0, 0, shot.width, min(shot.height, 1000)))
     shot = shot.resize((shot.width * 3 // 4, shot.height * 3 // 4), Image.LANCZOS)
     out = Path(args.out)

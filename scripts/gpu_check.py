@@ -38,35 +38,19 @@ import argparse
 import datetime
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.timebox import TAIL, Part, run_parts  # noqa: E402  (standard library only, as the device needs)
+
 OPTIONAL = ("diffusers", "open_clip", "ftfy", "wcwidth")  # missing from the device image (import names)
-TAIL = 4000  # characters of each part's output kept in the JSON
-
-
-@dataclass
-class Part:
-    """One step of the check: ``argv`` run from the repository root within ``box_s`` seconds. ``report``: a JSON file
-    the part writes (read back into the summary); ``needs``: importable modules without which it is skipped;
-    ``min_s``: not started with less time than this left in the overall budget."""
-
-    name: str
-    argv: list[str]
-    box_s: float
-    report: Path | None = None
-    needs: tuple[str, ...] = ()
-    min_s: float = 10.0
-    note: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 def python() -> list[str]:
@@ -173,7 +157,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
             [*python(), bench_py, *bench, *cache, "--json", str(work / "bench_eager.json")],
             200,
             report=work / "bench_eager.json",
-            needs=("diffusers",),  # without it: run with --no-diffusers (see run_parts)
+            needs=("diffusers",),
+            if_missing=("--no-diffusers",),  # ours still runs; only the diffusers baseline is dropped
         ),
         Part(
             "bench_compiled",
@@ -193,77 +178,6 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
             min_s=60,
         ),
     ]
-
-
-def run_part(part: Part, timeout: float, env: dict[str, str], log) -> dict[str, Any]:
-    """Run one part in its own process group; kill the whole group at ``timeout``."""
-    start = time.perf_counter()
-    log.write(f"\n===== {part.name}: {' '.join(part.argv)[:500]}\n")
-    log.flush()
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(
-            part.argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=timeout)
-            status = "passed" if rc == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the part and anything it started
-            proc.wait()
-            rc, status = None, "timed_out"
-        out.seek(0)
-        text = out.read()
-    log.write(text)
-    log.flush()
-    result: dict[str, Any] = {
-        "status": status,
-        "seconds": round(time.perf_counter() - start, 1),
-        "time_box_s": round(timeout, 1),
-        "returncode": rc,
-        "output_tail": text[-TAIL:],
-    }
-    if status == "passed" and (skipped := _all_skipped(text)):
-        result.update(status="skipped", reason=f"every test skipped ({skipped})")  # ran nothing: not a pass
-    if part.report is not None and part.report.exists():
-        try:
-            result["report"] = json.loads(part.report.read_text())
-        except json.JSONDecodeError as e:
-            result["report_error"] = str(e)
-    return result
-
-
-def _all_skipped(output: str) -> str | None:
-    """pytest's summary line (``6 skipped in 1.2s``) when it counts skipped tests and none that passed, else None."""
-    lines = [ln.strip(" =") for ln in output.strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
-    words = re.findall(r"\d+ (\w+)", last)
-    return last if "skipped" in words and "passed" not in words else None
-
-
-def run_parts(parts: list[Part], budget_s: float, env: dict[str, str], log, missing: list[str]) -> dict[str, dict]:
-    """Run ``parts`` in order within ``budget_s`` seconds overall; each gets ``min(its box, time left)``."""
-    deadline = time.perf_counter() + budget_s
-    results = {}
-    for part in parts:
-        left = deadline - time.perf_counter()
-        absent = [m for m in part.needs if m in missing]
-        if absent and part.name == "bench_eager":  # ours still runs; only the diffusers baseline is dropped
-            part.argv = [*part.argv, "--no-diffusers"]
-            part.note = f"without diffusers' baseline: {', '.join(absent)} missing"
-        elif absent:
-            results[part.name] = {"status": "skipped", "reason": f"{', '.join(absent)} not importable"}
-            continue
-        if left < part.min_s:
-            results[part.name] = {"status": "skipped", "reason": f"{left:.0f} s left of the budget, needs {part.min_s}"}
-            continue
-        results[part.name] = run_part(part, min(part.box_s, left), env, log)
-        if part.note:
-            results[part.name]["note"] = part.note
-        print(
-            f"[gpu_check] {part.name}: {results[part.name]['status']} in {results[part.name]['seconds']} s",
-            file=sys.stderr,
-        )
-    return results
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -366,7 +280,7 @@ def check(args: argparse.Namespace, work: Path, start: float) -> int:
         wheels["seconds"] = round(time.perf_counter() - wheels_start, 1)
         log.write(f"===== wheels\n{json.dumps(wheels, indent=1)}\n")
         results = {"wheels": wheels}
-        results.update(run_parts(parts, args.budget - (time.perf_counter() - start), env, log, wheels["missing"]))
+        results.update(run_parts(parts, args.budget - (time.perf_counter() - start), env, log, wheels["missing"], ROOT))
     summary = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "dry_run": args.dry_run,

@@ -8,7 +8,8 @@ import torch
 
 from animatezero.controls import Controls
 from animatezero.hooks import installed
-from animatezero.method import AnchorFrame, share_initial_noise, temporal_processors
+from animatezero.method import share_initial_noise, temporal_processors
+from animatezero.processors import Anchor
 from models.attention import Attention
 
 SIZE, STEPS, FRAMES = 64, 2, 4
@@ -61,6 +62,12 @@ def test_all_controls_off_is_animatediff_bit_for_bit(tiny_pipe, image, noise):
     )
     assert torch.equal(off.frames, t2v.frames)
     assert (off.frames[0] - image.image).abs().max().item() > 1e-2  # without insertion frame 0 is not the image
+    assert (off.info["mode"], t2v.info["mode"]) == ("animatediff", "animatediff")
+    # the one dispatch: a loop or an interpolation with every control off is the same plain text-to-video
+    other = tiny_pipe.text_to_image("a dog", height=SIZE, width=SIZE, steps=STEPS, seed=8)
+    for last in (image, other):
+        ends = tiny_pipe.animate(image, last=last, latents=noise, num_frames=FRAMES, controls=Controls.animatediff())
+        assert torch.equal(ends.frames, t2v.frames) and ends.info["mode"] == "animatediff"
 
 
 @pytest.mark.parametrize(
@@ -99,7 +106,7 @@ def test_noise_share_mixes_in_the_images_initial_noise(tiny_pipe, image, noise, 
 def test_noise_share_takes_the_nearer_anchor_and_checks_its_range():
     x = torch.randn(1, 4, 5, 2, 2)
     first, last = torch.full((1, 4, 2, 2), 1.0), torch.full((1, 4, 2, 2), -1.0)
-    anchors = [AnchorFrame(0, [first], None), AnchorFrame(4, [last], None)]
+    anchors = [Anchor(0, trajectory=[first]), Anchor(4, trajectory=[last])]
     assert share_initial_noise(x, anchors, 0.0) is x
     out = share_initial_noise(x, anchors, 1.0)
     assert out[:, :, :2].eq(1.0).all() and out[:, :, 3:].eq(-1.0).all()  # frame 2 is a tie: the first anchor

@@ -36,12 +36,13 @@ if not Path(CHROMIUM).is_file():
         allow_module_level=True,
     )
 
+from animatezero import toyworld  # noqa: E402
 from experiments import app  # noqa: E402
 
 
 def model_overrides(cache: Path) -> list[str]:
     """The app's model: the toy world shipped with the package when present, else tiny random weights."""
-    model = [] if app.toyworld_available() else ["debug=tiny"]
+    model = [] if toyworld.available() else ["debug=tiny"]
     return [*model, f"paths.cache_dir={cache}"]
 
 
@@ -56,7 +57,7 @@ def server(tmp_path_factory):
     """The app on a free localhost port, served from a background thread of this process."""
     root = tmp_path_factory.mktemp("app_browser")
     cfg = app.compose_config([*model_overrides(root / "cache"), f"paths.output_root={root / 'out'}"])
-    session = app.Session(app.Model.load(cfg))
+    session = app.Session.load(cfg)
     demo, url = app.launch(session, "127.0.0.1", free_port(), block=False)
     yield url, session
     demo.close()
@@ -141,6 +142,8 @@ def test_pick_a_candidate_and_the_clip_starts_from_exactly_it(page, server):
     run = fetch(page, links["run.json"]).decode()
     assert '"mode": "animatezero"' in run and '"video": 12' in run
     sync_api.expect(page.locator("#history")).to_contain_text("animatezero")
+    shown = page.locator("#status").inner_text() + page.locator("#history").inner_text()
+    assert str(server[1].root / "app") in shown and "gradio" not in shown  # the run folder, not Gradio's copies
 
     page.locator("#continue").click()  # a longer clip from the last frame, listed as a second run
     status_text(page, f"{2 * FRAMES - 1} frames, animatezero+continue")
@@ -171,14 +174,15 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server, tmp_p
     upload.set_input_files(str(bad))
     sync_api.expect(page.locator("#upload")).to_contain_text(uploaded("notes.png"))
     page.locator("#invert").click()
-    status_text(page, "cannot read 'notes.png' as an image")
+    status_text(page, "cannot read image 'notes.png'")
     shot(page, "app_bad_upload")
 
     page.locator("#upload button[aria-label='Clear']").first.click()
-    upload.set_input_files(str(header_only_png(tmp_path / "huge.png", 9000, 4000)))
+    upload.set_input_files(str(header_only_png(tmp_path / "huge.png", 9000, 8000)))
     sync_api.expect(page.locator("#upload")).to_contain_text(uploaded("huge.png"))
     page.locator("#invert").click()
-    status_text(page, "9000x4000 pixels; the limit is")
+    status_text(page, "'huge.png' is 9000x8000 = 72 megapixels, over the 64 MP limit")
+    assert "gradio" not in page.locator("#status").inner_text()  # the upload's name, not the server's temporary path
 
     page.get_by_role("tab", name="Text to image").click()
     page.locator("#prompt textarea").fill("a cat " * 50)
@@ -188,6 +192,11 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server, tmp_p
     page.locator("#prompt textarea").fill("a dog")
     page.locator("#make").click()
     status_text(page, "height must be a multiple of 8")
+    set_number(page, "height", SIZE)
+    page.locator("#loras textarea").fill("missing.safetensors:0.8")
+    page.locator("#make").click()
+    status_text(page, "lora[0]=missing.safetensors does not exist")
+    page.locator("#loras textarea").fill("")
     assert "Traceback" not in page.content()
 
     make_candidates(page, "a dog, running", seed=3)  # still serving
@@ -212,3 +221,22 @@ def test_real_image_is_inverted_and_its_psnr_shown(page, server, tmp_path):
     page.locator("#animate").click()
     status_text(page, "frame 0 is the picked image")
     shutil.copy(shot(page, "app_real_image"), ARTIFACTS / "app_last.png")
+
+
+def test_stop_ends_the_running_job_between_steps(page, server):
+    """Many candidates of many steps (within the budget): Stop ends the job after a step, long before the last."""
+    page.get_by_role("tab", name="Text to image").click()
+    page.locator("#prompt textarea").fill("a red circle moving right on a black background")
+    set_number(page, "count", 8)
+    set_number(page, "steps", 200)
+    for elem_id in ("height", "width"):
+        set_number(page, elem_id, SIZE)
+    page.locator("#make").click()
+    progress = page.get_by_text(re.compile(r"\d+/1\.6k step")).first  # the progress bar moves: the job runs
+    sync_api.expect(progress).to_be_visible(timeout=TIMEOUT_MS)
+    page.locator("#stop").click()
+    text = status_text(page, "Stopped: stopped after")
+    done = int(re.search(r"after (\d+) of 1600 steps", text).group(1))
+    assert 1 <= done < 1600
+    set_number(page, "steps", STEPS)  # and the app goes on serving
+    make_candidates(page, "a dog, running", seed=4)

@@ -94,14 +94,19 @@ def test_loop_and_interpolation_hit_both_ends(tiny_pipe, image):
     assert psnr(clip.frames[-1], other.image) >= 60
     loop = tiny_pipe.loop(image, num_frames=FRAMES, seed=1)
     assert psnr(loop.frames[0], image.image) >= 60 and psnr(loop.frames[-1], image.image) >= 60
+    assert (clip.info["mode"], loop.info["mode"]) == ("interpolation", "loop")
+    same = tiny_pipe.animate(image, last=image, num_frames=FRAMES, seed=1)  # the dispatch loop() calls
+    assert torch.equal(same.frames, loop.frames)
     with pytest.raises(ValueError, match="share steps and size"):
         tiny_pipe.interpolate(image, tiny_pipe.text_to_image("x", height=SIZE, width=SIZE, steps=3, seed=0))
 
 
 def test_continue_video(tiny_pipe, image):
     first = tiny_pipe.animate(image, num_frames=FRAMES, seed=2)
-    longer = tiny_pipe.continue_video(first, num_frames=FRAMES, steps=STEPS, seed=3)
+    steps_seen = []
+    longer = tiny_pipe.continue_video(first, num_frames=FRAMES, steps=STEPS, seed=3, callback=steps_seen.append)
     assert longer.num_frames == 2 * FRAMES - 1
+    assert [s.i for s in steps_seen] == list(range(STEPS)) and longer.info["mode"] == "animatezero"
     assert torch.equal(longer.frames[:FRAMES], first.frames)
     assert (longer.frames[FRAMES] - longer.frames[FRAMES - 1]).abs().mean().item() < 0.5
 

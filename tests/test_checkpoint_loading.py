@@ -9,9 +9,7 @@ MotionLoRA merging.
 from __future__ import annotations
 
 import hashlib
-import runpy
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -274,8 +272,10 @@ def test_motion_lora_merge(tmp_path, alpha, suffix):
 
 
 def test_inspect_checkpoint_script(tmp_path, base_sd, capsys):
-    """scripts/inspect_checkpoint.py, run in-process (its main() takes argv) to avoid a second torch start-up."""
-    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "inspect_checkpoint.py"))["main"]
+    """scripts/inspect_checkpoint.py's module (``models.inspection``), run in-process (its main() takes argv) to avoid
+    a second torch start-up."""
+    from models.inspection import main
+
     good = save_state_dict(base_sd, tmp_path / "good.safetensors")
     assert main([str(good)]) == 0
     out = capsys.readouterr().out

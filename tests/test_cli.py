@@ -3,6 +3,8 @@ early failures for bad output paths, and W&B trouble never failing a run."""
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 import time
 import warnings
@@ -231,45 +233,55 @@ def test_wandb_disabled_by_environment(monkeypatch):
     assert not run.active and run.reason == "disabled"
 
 
-def load_script(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, CONFIGS.parent / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+FAKE_HUB = """
+import json, os
+from pathlib import Path
 
 
-def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path, monkeypatch, capsys):
-    import huggingface_hub
+def hf_hub_download(repo_id, filename, revision=None, local_dir=None):
+    with open(os.environ["FAKE_HUB_LOG"], "a") as log:
+        log.write(json.dumps([repo_id, filename, revision]) + "\\n")
+    path = Path(local_dir) / filename
+    path.write_bytes(filename.encode())
+    return str(path)
+"""
 
-    fetched = []
 
-    def fake_download(repo_id, filename, revision=None, local_dir=None):
-        fetched.append((repo_id, filename, revision))
-        path = Path(local_dir) / filename
-        path.write_bytes(filename.encode())
-        return str(path)
+def run_script(name: str, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python scripts/<name>.py argv``, as a user runs it."""
+    script = CONFIGS.parent / "scripts" / f"{name}.py"
+    return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env)
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    script = load_script("download_checkpoints")
-    assert script.main(["--dest", str(tmp_path), "--revision", "abc"]) == 0
-    assert fetched == [
+
+def test_download_checkpoints_fetches_defaults_and_verifies_sha256(tmp_path):
+    """The script against a stand-in for ``huggingface_hub`` (first on the path: no network), which records what it
+    was asked for and writes the file name as the file's bytes."""
+    fake = tmp_path / "fake_hub" / "huggingface_hub"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_HUB)
+    log = tmp_path / "fetched.jsonl"
+    path = os.pathsep.join([str(fake.parent), str(CONFIGS.parent), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, FAKE_HUB_LOG=str(log))
+    dest = str(tmp_path / "dest")
+
+    done = run_script("download_checkpoints", "--dest", dest, "--revision", "abc", env=env)
+    assert done.returncode == 0, done.stderr
+    assert [tuple(json.loads(line)) for line in log.read_text().splitlines()] == [
         ("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors", "abc"),
         ("guoyww/animatediff", "mm_sd_v15_v2.ckpt", "abc"),
     ]
     good = hashlib.sha256(b"mm_sd_v14.ckpt").hexdigest()
-    assert script.main(["mm_sd_v14", "--dest", str(tmp_path), "--sha256", good]) == 0
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(["mm_sd_v14", "--dest", str(tmp_path), "--sha256", "0" * 64])
-    assert exit_info.value.code == 2 and "expected" in capsys.readouterr().err
+    done = run_script("download_checkpoints", "mm_sd_v14", "--dest", dest, "--sha256", good, env=env)
+    assert done.returncode == 0 and f"sha256={good}" in done.stdout, done.stderr
+    done = run_script("download_checkpoints", "mm_sd_v14", "--dest", dest, "--sha256", "0" * 64, env=env)
+    assert done.returncode == 2 and "expected" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_make_tiny_checkpoints_load(tmp_path):
     from models.loading import load_motion_module, load_sd15
 
-    assert load_script("make_tiny_checkpoints").main(["--out", str(tmp_path), "--versions", "3"]) == 0
+    done = run_script("make_tiny_checkpoints", "--out", str(tmp_path), "--versions", "3")
+    assert done.returncode == 0, done.stderr
     unet, _, _ = load_sd15(tmp_path / "tiny_sd15.safetensors")
     assert load_motion_module(tmp_path / "tiny_mm_v3.ckpt", unet_config=unet.config).config.version == 3
 

@@ -1,17 +1,17 @@
-"""scripts/gpu_check.py: the dry run (CPU, tiny) writes its JSON and Markdown; a part past its time box is killed and
-recorded while the next part still runs."""
+"""scripts/gpu_check.py, run as on the device machine: the dry run (CPU, tiny) writes its JSON and Markdown, and an
+unknown part is refused. Its runner (``tests/timebox.py``): a part past its time box is killed and recorded
+while the next part still runs."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
+from tests.timebox import Part, run_parts
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import gpu_check  # noqa: E402
 
 
 def test_dry_run_writes_json_and_markdown(tmp_path):
@@ -39,29 +39,36 @@ def test_dry_run_writes_json_and_markdown(tmp_path):
 
 
 def test_time_box_kills_a_part_and_the_rest_still_runs(tmp_path):
+    code = "import sys; print(' '.join(sys.argv[1:]) or 'ok')"
     parts = [
-        gpu_check.Part("hangs", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 2),
-        gpu_check.Part("needs_missing", [sys.executable, "-c", "pass"], 30, needs=("diffusers",)),
-        gpu_check.Part("quick", [sys.executable, "-c", "print('ok')"], 30, min_s=1),
-        gpu_check.Part("no_time_left", [sys.executable, "-c", "pass"], 30, min_s=10_000),
-        gpu_check.Part("all_skipped", [sys.executable, "-c", "print('===== 3 skipped in 0.12s =====')"], 30),
-        gpu_check.Part("some_passed", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.12s')"], 30),
+        Part("hangs", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 2),
+        Part("needs_missing", [sys.executable, "-c", "pass"], 30, needs=("diffusers",)),
+        Part("without_it", [sys.executable, "-c", code], 30, min_s=1, needs=("diffusers",), if_missing=("--plain",)),
+        Part("quick", [sys.executable, "-c", code], 30, min_s=1),
+        Part("fails", [sys.executable, "-c", "raise SystemExit(3)"], 30, min_s=1),
+        Part("no_time_left", [sys.executable, "-c", "pass"], 30, min_s=10_000),
+        Part("all_skipped", [sys.executable, "-c", "print('===== 3 skipped in 0.12s =====')"], 30),
+        Part("some_passed", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.12s')"], 30),
     ]
     with open(tmp_path / "log", "w") as log:
-        results = gpu_check.run_parts(parts, 600, {}, log, missing=["diffusers"])
+        results = run_parts(parts, 600, {}, log, missing=["diffusers"], cwd=tmp_path)
     assert results["hangs"]["status"] == "timed_out" and results["hangs"]["returncode"] is None
     assert "started" in results["hangs"]["output_tail"] and results["hangs"]["seconds"] < 30
     assert results["needs_missing"] == {"status": "skipped", "reason": "diffusers not importable"}
+    assert results["without_it"]["status"] == "passed" and "--plain" in results["without_it"]["output_tail"]
+    assert results["without_it"]["note"] == "diffusers missing: run with --plain"
     assert results["quick"]["status"] == "passed" and "ok" in results["quick"]["output_tail"]
+    assert results["fails"]["status"] == "failed" and results["fails"]["returncode"] == 3
     assert results["no_time_left"]["status"] == "skipped"
     assert results["all_skipped"]["status"] == "skipped" and "3 skipped" in results["all_skipped"]["reason"]
     assert results["some_passed"]["status"] == "passed"
-    text = gpu_check.markdown(
-        {"dry_run": True, "date": "d", "budget_s": 600, "seconds": 3, "environment": {}, "parts": results}
-    )
-    assert "| hangs | timed_out |" in text and "| quick | passed |" in text
+    assert "===== hangs" in (tmp_path / "log").read_text()
 
 
 def test_unknown_part_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="unknown parts"):
-        gpu_check.main(["--out", str(tmp_path / "o"), "--parts", "nonsense"])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(tmp_path / "o"), "--parts", "nonsense"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "unknown parts ['nonsense']" in done.stderr

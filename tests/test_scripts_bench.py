@@ -1,5 +1,5 @@
-"""scripts/benchmark.py on CPU at tiny size (in-process, with the diffusers comparison and the memory options), and
-scripts/parity_full.py at full size on a GPU (skipped without CUDA).
+"""scripts/benchmark.py on CPU at tiny size (run as a user runs it, with the diffusers comparison and the memory
+options), and scripts/parity_full.py at full size on a GPU (skipped without CUDA).
 
 The benchmark's numbers on a shared CPU say nothing about speed; the test checks that every run and ratio is
 reported, that the Markdown table is rendered, that the FLOP count is the one measured independently, and that our
@@ -8,8 +8,9 @@ text-to-video and diffusers' compute the same frames (so the ratios compare equa
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,32 +28,27 @@ RUNS = (
 )
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_script(name: str, *argv: str) -> str:
+    """``python scripts/<name>.py argv`` from the repository root; its stdout (the command must succeed)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *argv], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models are per-op overhead; a second intra-op thread on a busy 2-core machine only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_benchmark_cpu_tiny(tmp_path, capsys, one_thread):
+def test_benchmark_cpu_tiny(tmp_path):
+    """On a CPU with no size given: the tiny synthetic model, fp32, 64x64, 4 frames, 2 steps (the CPU defaults)."""
     pytest.importorskip("diffusers")
-    bench = load_script("benchmark")
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--size", "tiny", "--dtype", "fp32", "--repeats", "1", "--warmup", "0"]
-    argv += ["--steps", "2", "--frames", "4", "--height", "64", "--width", "64", "--memory-options"]
+    argv = ["--device", "cpu", "--repeats", "1", "--warmup", "0", "--threads", "1", "--memory-options"]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "bench.md")]
-    assert bench.main(argv) == 0
-    printed = capsys.readouterr().out
+    printed = run_script("benchmark", *argv)
     report = json.loads(out.read_text())
+    meta = report["meta"]
+    assert (meta["size"], meta["dtype"], meta["height"], meta["width"], meta["frames"], meta["steps"]) == (
+        "tiny", "fp32", 64, 64, 4, 2
+    )  # fmt: skip
 
     assert set(report["runs"]) == set(RUNS)
     for name, r in report["runs"].items():
@@ -100,45 +96,29 @@ def test_benchmark_cpu_tiny(tmp_path, capsys, one_thread):
     assert table in printed
 
 
-def test_benchmark_defaults_follow_device():
-    bench = load_script("benchmark")
-    cpu = bench.parse_args(["--device", "cpu"])
-    assert (cpu.size, cpu.dtype, cpu.height, cpu.width, cpu.frames, cpu.steps) == ("tiny", "fp32", 64, 64, 4, 2)
-    full = bench.parse_args(["--device", "cpu", "--size", "full", "--dtype", "fp16"])
-    assert (full.height, full.width, full.frames, full.steps) == (512, 512, 16, 25)
-
-
 @pytest.mark.slow  # Dynamo tracing of the UNet; .ci/run runs it (pytest -m slow)
-def test_benchmark_compile_reports_cold_and_cached_first_runs(micro_parts, one_thread):
+def test_benchmark_compile_reports_cold_and_cached_first_runs(tmp_path):
     """The --compile path: first run on an empty cache and first run of a new compiled pipeline after a Dynamo reset,
-    reported apart from the timed runs. Dynamo's tracing only (backend "eager"): Inductor's C++ build of a whole UNet
-    takes minutes on this CPU; the cache reuse itself is tested in test_compile.py."""
-    import argparse
-
-    from animatezero.pipeline import AnimateZeroPipeline
-
-    bench = load_script("benchmark")
-    shape = dict(height=64, width=64, frames=4, steps=2, guidance=7.5)
-    args = argparse.Namespace(**shape, repeats=1, warmup=0, compile={"backend": "eager", "fullgraph": True})
-    gen = torch.Generator().manual_seed(0)
-    video, image = torch.randn(1, 4, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)
-    runs, cache = bench.compile_runs(
-        AnimateZeroPipeline(*micro_parts), args, video, image, torch.device("cpu"), torch.float32
-    )
-    assert set(runs) == {"compiled_text_to_video", "compiled_animatezero"}
-    for r in runs.values():
+    reported apart from the timed runs, with their ratio to the eager runs. Dynamo's tracing only (backend "eager"):
+    Inductor's C++ build of a whole UNet takes minutes on this CPU; the cache reuse itself is tested in
+    test_compile.py."""
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-diffusers"]
+    argv += ["--compile", "default", "--compile-backend", "eager", "--frames", "2", "--steps", "1"]
+    printed = run_script("benchmark", *argv, "--cache-dir", str(tmp_path / "cache"), "--json", str(out))
+    report = json.loads(out.read_text())
+    runs, compiled = report["runs"], report["compile"]
+    assert set(compiled) == {"compiled_text_to_video", "compiled_animatezero"}
+    for r in compiled.values():
         assert r["warmup_cold_s"] > 0 and r["warmup_cached_s"] > 0 and len(r["times_s"]) == 1
-    assert cache == {"cold_misses": 0, "cached_hits": 0, "cached_misses": 0}  # no Inductor with this backend
-
-    eager = {"ours_text_to_video": {"median_s": 2.0}, "ours_animatezero": {"median_s": 4.0}}
-    counts = dict(video_step=3.0, image_step=1.0, video_decode=2.0, image_decode=1.0)
-    summary = bench.summarize_compiled(runs, eager, counts, steps=2)
-    t2v = summary["compiled_text_to_video"]
-    assert t2v["x_eager"] == pytest.approx(t2v["median_s"] / 2.0) and t2v["tflop"] == pytest.approx(8e-12)
-    assert summary["compiled_animatezero"]["unet_steps"] == 4
-    table = "\n".join(bench.compile_table(summary, cache, "default"))
-    assert "| compiled run (default) | first run s, empty cache | first run s, cached |" in table
-    assert "| compiled_animatezero |" in table and "0 graphs compiled cold" in table
+    assert report["compile_cache"] == {"cold_misses": 0, "cached_hits": 0, "cached_misses": 0}  # no Inductor
+    t2v, az = compiled["compiled_text_to_video"], compiled["compiled_animatezero"]
+    assert t2v["x_eager"] == pytest.approx(t2v["median_s"] / runs["ours_text_to_video"]["median_s"])
+    assert az["x_eager"] == pytest.approx(az["median_s"] / runs["ours_animatezero"]["median_s"])
+    assert t2v["tflop"] == pytest.approx(runs["ours_text_to_video"]["tflop"])
+    assert az["unet_steps"] == 2 * t2v["unet_steps"] == 2
+    assert "| compiled run (default) | first run s, empty cache | first run s, cached |" in printed
+    assert "| compiled_animatezero |" in printed and "0 graphs compiled cold" in printed
 
 
 @pytest.mark.gpu
@@ -146,9 +126,8 @@ def test_benchmark_compile_reports_cold_and_cached_first_runs(micro_parts, one_t
 def test_parity_full_size_cuda(tmp_path):
     """Full SD1.5 + motion v2 shapes, 512x512x16, 25 steps: every fp32 component within 1e-4 of diffusers."""
     pytest.importorskip("diffusers")
-    parity = load_script("parity_full")
     out = tmp_path / "parity.json"
-    status = parity.main(["--device", "cuda", "--dtypes", "fp32", "fp16", "--json", str(out)])
+    run_script("parity_full", "--device", "cuda", "--dtypes", "fp32", "fp16", "--json", str(out))
     report = json.loads(out.read_text())
     fp32 = report["results"]["fp32"]
     assert set(fp32) == {
@@ -162,4 +141,4 @@ def test_parity_full_size_cuda(tmp_path):
     for name, row in fp32.items():
         assert row["finite"], name
         assert row["rel"] <= 1e-4, (name, row)
-    assert status == 0 and report["ok"] is True
+    assert report["ok"] is True

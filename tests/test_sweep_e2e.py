@@ -2,7 +2,6 @@
 -> evaluation with injected toy evaluator networks (no downloads) -> tables; then resuming after interruptions, and a
 Hydra multirun over a controls field into the same sweep."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from evaluation.evaluate import Networks
+from evaluation.tables import main as tables_main
 from experiments import common
 from experiments import evaluate as ev
 from experiments import sweep as sw
@@ -44,14 +44,6 @@ def toy_networks():
     )
 
 
-def load_make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_tables"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
@@ -67,16 +59,17 @@ def sweep_cfg(cache, sweep_dir, *overrides):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts of pipeline loads, step-1 images and step-2 videos (prompt, plain AnimateDiff?) made by the sweep."""
+    """Counts of pipeline loads, step-1 images and step-2 videos (prompt, plain AnimateDiff?) made by the sweep: every
+    video comes from the one dispatch, ``pipe.animate``."""
     counts = {"load_pipeline": 0, "make_image": 0, "make_video": []}
     real_load = common.load_pipeline
 
-    def step_two(method, plain: bool):  # plain: AnimateDiff text-to-video (every control off)
-        def call(first, *a, **k):
-            counts["make_video"].append((first if plain else first.prompt, plain))
+    def step_two(method):  # plain: AnimateDiff text-to-video (every control off)
+        def call(image, *a, **k):
+            counts["make_video"].append((image.prompt, not k["controls"].any))
             if counts.get("interrupt_at") == len(counts["make_video"]):
                 raise KeyboardInterrupt
-            return method(first, *a, **k)
+            return method(image, *a, **k)
 
         return call
 
@@ -90,7 +83,7 @@ def calls(monkeypatch):
             return text_to_image(*a, **k)
 
         pipe.text_to_image = make_image
-        pipe.animate, pipe.text_to_video = step_two(pipe.animate, False), step_two(pipe.text_to_video, True)
+        pipe.animate = step_two(pipe.animate)
         return pipe
 
     monkeypatch.setattr(common, "load_pipeline", load_pipeline)
@@ -131,7 +124,7 @@ def test_sweep_evaluate_tables_and_resume(tmp_path, tiny_cache, calls):
     assert paper_psnr > 40  # latent insertion reproduces the image in frame 0
 
     tables = tmp_path / "tables"
-    assert load_make_tables().main([str(root), "--out", str(tables)]) == 0
+    assert tables_main([str(root), "--out", str(tables)]) == 0
     for stem in ("t2v_table", "ablation_table", "first_frame_fidelity"):
         md, csv = (tables / f"{stem}.md").read_text(), (tables / f"{stem}.csv").read_text()
         for label in ("animatediff", "paper"):

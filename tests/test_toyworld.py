@@ -1,15 +1,13 @@
 """The toy world (evaluation/toyworld.py) and its ground-truth metrics (evaluation/toyworld_metrics.py): the world is
 deterministic and well-formed, the detector and motion classifier are right on every rendered class, and junk
 (static clips, noise) scores as wrong. Also the held-out prompt set, the ``toyworld`` metric of
-``evaluation.evaluate`` and the confidence intervals of ``scripts/make_tables.py``."""
+``evaluation.evaluate`` and the confidence intervals of ``evaluation.tables``."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -273,10 +271,8 @@ def test_evaluate_toyworld_metric_and_tables_with_confidence_intervals(tmp_path)
     assert kept.stat().st_mtime_ns == before
     assert json.loads(result_path.read_text())["metrics"]["toyworld_frame0_jerk"] < 0.35
 
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
-    make_tables = importlib.util.module_from_spec(spec)
-    sys.modules["make_tables"] = make_tables  # dataclasses look their module up
-    spec.loader.exec_module(make_tables)
+    from evaluation import tables as make_tables
+
     assert make_tables.main([str(sweep), "--out", str(tmp_path / "tables")]) == 0
     md = (tmp_path / "tables" / "toyworld_table.md").read_text()
     good = next(line for line in md.splitlines() if line.startswith("| good "))
@@ -301,24 +297,3 @@ def test_evaluate_toyworld_metric_and_tables_with_confidence_intervals(tmp_path)
     assert "moving" in (tmp_path / "tables" / "toyworld_breakdown.md").read_text()
     s = make_tables._fmt_ci({"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 4})
     assert s == "0.5000 [0.2500, 0.7500]"
-
-
-def test_centroid_steps_script_reads_a_sweep_folder(tmp_path, capsys):
-    """scripts/toyworld_steps.py over a sweep-like folder of ground-truth clips: steps of 1.6 px (24 px over 15), and
-    a clip whose later frames start 8 px off shows the break in its first step."""
-    spec = importlib.util.spec_from_file_location("toyworld_steps", ROOT / "scripts" / "toyworld_steps.py")
-    steps_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(steps_script)
-    scenes = [s for s in tw.eval_scenes(12) if s.motion.startswith("moving")][:2]
-    for k, scene in enumerate(scenes):
-        clip = tw.render_clip(scene)
-        write_frames(clip, tmp_path / "smooth" / f"tw{k:02d}" / "frames")
-        write_frames(torch.cat([clip[:1], clip[1:].roll(8, dims=-1)]), tmp_path / "broken" / f"tw{k:02d}" / "frames")
-    smooth = steps_script.configuration_steps(tmp_path / "smooth")
-    assert all(1.2 < s < 2.0 for s in smooth)
-    broken = steps_script.configuration_steps(tmp_path / "broken")
-    assert broken[0] > 5.0 and all(1.2 < s < 2.0 for s in broken[1:])
-    assert steps_script.main([str(tmp_path), "smooth", "broken"]) == 0
-    assert "broken: 0->1" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no item frames"):
-        steps_script.configuration_steps(tmp_path / "missing")

@@ -1,23 +1,20 @@
-"""scripts/train_toyworld.py end to end at a few steps per stage: every stage runs, the exported files are ordinary
-SD1.5 / AnimateDiff v2 checkpoints that the pipeline loads and samples from, the manifest's SHA-256 match, a rerun
-skips the finished stages and exports the same bytes, a second run from nothing trains the same bytes, and
-``--from-checkpoint`` trains a motion module alone for an existing checkpoint (with ``--frame0``, after continuing its
-UNet on frame 0), or with ``--motion-module --detail`` runs the last stage alone, or with ``--motion-init`` continues
-a given module."""
+"""The toy-world trainer (:mod:`experiments.train_toyworld`, run by ``scripts/train_toyworld.py``) end to end at a
+few steps per stage: every stage runs, the exported files are ordinary SD1.5 / AnimateDiff v2 checkpoints that the
+pipeline loads and samples from, the manifest's SHA-256 match, a rerun skips the finished stages and exports the same
+bytes, a second run from nothing trains the same bytes, and ``--from-checkpoint`` trains a motion module alone for an
+existing checkpoint (with ``--frame0``, after continuing its UNet on frame 0), or with ``--motion-module --detail``
+runs the last stage alone, or with ``--motion-init`` continues a given module."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import train_toyworld  # noqa: E402
-
-from animatezero.pipeline import AnimateZeroPipeline  # noqa: E402
+from animatezero.pipeline import AnimateZeroPipeline
+from experiments.train_toyworld import cli, export, loop, losses, recipe
+from models.clip_text import CLIPTextModel
+from models.tokenizer import CLIPTokenizer
 
 TINY = [
     *("--threads 1 --save-every 1 --pool-clips 2".split()),
@@ -31,28 +28,28 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
     threads = torch.get_num_threads()
     state, dest = tmp_path / "state", tmp_path / "dest"
     try:
-        assert train_toyworld.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0
+        assert cli.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0
         manifest = json.loads((dest / "manifest.json").read_text())
         assert set(manifest["stages"]) == {"vae", "decoder", "text", "unet", "refine", "frame0", "motion", "detail"}
         assert manifest["latent_pool"]["clips"] == 2 and manifest["latent_pool"]["minutes"] > 0
         for name, entry in manifest["files"].items():
-            assert train_toyworld.sha256(dest / name) == entry["sha256"]
+            assert export.sha256(dest / name) == entry["sha256"]
         pipe = AnimateZeroPipeline.from_single_files(
-            dest / train_toyworld.CHECKPOINT_NAME, dest / train_toyworld.MOTION_NAME, default_size=(64, 64)
+            dest / recipe.CHECKPOINT_NAME, dest / recipe.MOTION_NAME, default_size=(64, 64)
         )
         pipe.progress = False
         video = pipe.text_to_video("a red circle moving right on a black background", steps=2, num_frames=4, seed=0)
         assert video.frames.shape == (4, 3, 64, 64) and torch.isfinite(video.frames).all()
 
         capsys.readouterr()
-        assert train_toyworld.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0  # rerun: nothing to train
+        assert cli.main([*TINY, "--out", str(state), "--dest", str(dest)]) == 0  # rerun: nothing to train
         assert "resumed at step 2" in capsys.readouterr().out
         again = json.loads((dest / "manifest.json").read_text())
         assert again["files"] == manifest["files"]  # the same bytes
 
         # seeded: a second run from nothing trains and exports the same bytes
         fresh = tmp_path / "fresh"
-        assert train_toyworld.main([*TINY, "--out", str(fresh / "state"), "--dest", str(fresh / "dest")]) == 0
+        assert cli.main([*TINY, "--out", str(fresh / "state"), "--dest", str(fresh / "dest")]) == 0
         assert json.loads((fresh / "dest" / "manifest.json").read_text())["files"] == manifest["files"]
 
         # the exported UNet is the `detail` stage's EMA, which started from the `frame0` stage's (the UNet the motion
@@ -70,30 +67,30 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert all(torch.equal(shipped[k], v.half().float()) for k, v in pretrained.items())
 
         # --from-checkpoint: a motion module alone, for an existing single file; the checkpoint goes out byte for byte
-        base = dest / train_toyworld.CHECKPOINT_NAME
+        base = dest / recipe.CHECKPOINT_NAME
         other = tmp_path / "other"
         args = [*TINY, "--out", str(other / "state"), "--dest", str(other / "dest"), "--from-checkpoint", str(base)]
-        assert train_toyworld.main(args) == 0
+        assert cli.main(args) == 0
         derived = json.loads((other / "dest" / "manifest.json").read_text())
         base_sha = manifest["files"][base.name]["sha256"]
         assert set(derived["stages"]) == {"motion"} and not (other / "state" / "unet.pt").exists()
         assert derived["files"][base.name] == manifest["files"][base.name]
         assert derived["base_checkpoint"]["sha256"] == manifest["files"][base.name]["sha256"]
         assert derived["base_checkpoint"]["stages"] == manifest["stages"]  # provenance read from the manifest beside it
-        mm = derived["files"][train_toyworld.MOTION_NAME]["sha256"]
-        assert mm != manifest["files"][train_toyworld.MOTION_NAME]["sha256"]  # a module of its own, not a copy
+        mm = derived["files"][recipe.MOTION_NAME]["sha256"]
+        assert mm != manifest["files"][recipe.MOTION_NAME]["sha256"]  # a module of its own, not a copy
         with pytest.raises(SystemExit):
-            train_toyworld.main([*args, "--stage", "unet"])
+            cli.main([*args, "--stage", "unet"])
 
         # a finished motion stage asked for more steps continues, and the manifest records each run
-        assert train_toyworld.main([*args, "--steps-motion", "3"]) == 0
+        assert cli.main([*args, "--steps-motion", "3"]) == 0
         extended = json.loads((other / "dest" / "manifest.json").read_text())["stages"]["motion"]
         assert extended["steps"] == 3
         assert [(r["start"], r["planned"]) for r in extended["runs"]] == [(0, 2), (2, 3)]
         assert all(r["unet"] == base_sha[:12] and "schedule_start" not in r for r in extended["runs"])
 
         # --restart-schedule: a continuation gets a learning-rate schedule of its own, recorded with its rate
-        assert train_toyworld.main([*args, "--steps-motion", "5", "--restart-schedule", "--lr-motion", "1e-4"]) == 0
+        assert cli.main([*args, "--steps-motion", "5", "--restart-schedule", "--lr-motion", "1e-4"]) == 0
         runs = json.loads((other / "dest" / "manifest.json").read_text())["stages"]["motion"]["runs"]
         assert runs[-1] == {
             "start": 3,
@@ -103,18 +100,18 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
             "schedule_start": 3,
             "unet": base_sha[:12],
         }
-        assert train_toyworld.lr_at(3 - 3, 5 - 3, 1e-4) == pytest.approx(1e-4 / 50)  # warm-up from the restart
+        assert loop.lr_at(3 - 3, 5 - 3, 1e-4) == pytest.approx(1e-4 / 50)  # warm-up from the restart
 
         # a module for a checkpoint that an earlier --from-checkpoint run exported: the provenance is the original's
-        again_base = other / "dest" / train_toyworld.CHECKPOINT_NAME
+        again_base = other / "dest" / recipe.CHECKPOINT_NAME
         args2 = [*TINY, "--out", str(tmp_path / "o2"), "--dest", str(tmp_path / "d2"), "--from-checkpoint"]
-        assert train_toyworld.main([*args2, str(again_base)]) == 0
+        assert cli.main([*args2, str(again_base)]) == 0
         second = json.loads((tmp_path / "d2" / "manifest.json").read_text())["base_checkpoint"]
         assert second["stages"] == manifest["stages"] and second["trained_by"] == manifest["trained_by"]
 
         # --frame0: the checkpoint's UNet continued on frame 0 first; a new checkpoint, the motion state continued
         args0 = [*TINY, "--out", str(other / "state"), "--dest", str(tmp_path / "d0"), "--from-checkpoint", str(base)]
-        assert train_toyworld.main([*args0, "--steps-motion", "6", "--frame0"]) == 0
+        assert cli.main([*args0, "--steps-motion", "6", "--frame0"]) == 0
         cont = json.loads((tmp_path / "d0" / "manifest.json").read_text())
         assert set(cont["stages"]) == {"frame0", "motion"} and cont["stages"]["frame0"]["steps"] == 2
         assert cont["files"][base.name]["sha256"] != base_sha and cont["base_checkpoint"]["sha256"] == base_sha
@@ -122,16 +119,16 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
 
         # a module for that new checkpoint: its provenance is the --frame0 run's, with that run's base chained on
         args3 = [*TINY, "--out", str(tmp_path / "o3"), "--dest", str(tmp_path / "d3"), "--from-checkpoint"]
-        assert train_toyworld.main([*args3, str(tmp_path / "d0" / base.name)]) == 0
+        assert cli.main([*args3, str(tmp_path / "d0" / base.name)]) == 0
         third = json.loads((tmp_path / "d3" / "manifest.json").read_text())["base_checkpoint"]
         assert third["stages"] == cont["stages"] and third["base_checkpoint"] == cont["base_checkpoint"]
         assert third["base_checkpoint"]["stages"] == manifest["stages"]
 
         # --motion-module --detail: the recipe's last stage for a checkpoint and module whose states are gone; the
         # module goes out byte for byte, the checkpoint with the continued UNet, and the provenance names both
-        module = dest / train_toyworld.MOTION_NAME
+        module = dest / recipe.MOTION_NAME
         args4 = [*TINY, "--out", str(tmp_path / "o4"), "--dest", str(tmp_path / "d4"), "--from-checkpoint", str(base)]
-        assert train_toyworld.main([*args4, "--motion-module", str(module), "--detail"]) == 0
+        assert cli.main([*args4, "--motion-module", str(module), "--detail"]) == 0
         fourth = json.loads((tmp_path / "d4" / "manifest.json").read_text())
         assert set(fourth["stages"]) == {"detail"} and fourth["stages"]["detail"]["steps"] == 2
         assert fourth["motion_module"] == {"path": module.name, "sha256": manifest["files"][module.name]["sha256"]}
@@ -140,7 +137,7 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         assert fourth["base_checkpoint"]["stages"] == manifest["stages"]
         assert not (tmp_path / "o4" / "motion.pt").exists()
         with pytest.raises(SystemExit):  # --detail alone belongs to --from-checkpoint; the recipe runs the stage itself
-            train_toyworld.main([*TINY, "--out", str(tmp_path / "o5"), "--dest", str(tmp_path / "d5"), "--detail"])
+            cli.main([*TINY, "--out", str(tmp_path / "o5"), "--dest", str(tmp_path / "d5"), "--detail"])
 
         # --motion-init: the motion stage starts from a given module (one with weights of its own, no zeroed
         # proj_out, so that a fresh start would show) and the provenance names it
@@ -151,18 +148,18 @@ def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
         init = tmp_path / "init.safetensors"
         save_file(start, init)
         args6 = [*TINY, "--out", str(tmp_path / "o6"), "--dest", str(tmp_path / "d6"), "--from-checkpoint", str(base)]
-        assert train_toyworld.main([*args6, "--motion-init", str(init)]) == 0
+        assert cli.main([*args6, "--motion-init", str(init)]) == 0
         sixth = json.loads((tmp_path / "d6" / "manifest.json").read_text())
-        assert sixth["motion_init"] == {"path": init.name, "sha256": train_toyworld.sha256(init)}
+        assert sixth["motion_init"] == {"path": init.name, "sha256": export.sha256(init)}
         assert sixth["files"][base.name] == manifest["files"][base.name]
         continued = load_file(tmp_path / "d6" / module.name)
         assert continued.keys() == start.keys()
         assert any(not torch.equal(continued[k], v) for k, v in start.items())  # trained ...
         assert all((continued[k].float() - v.float()).abs().max() < 0.02 for k, v in start.items())  # ... from init
         with pytest.raises(SystemExit):  # a module is either used as it is or trained from, not both
-            train_toyworld.main([*args6, "--motion-init", str(init), "--motion-module", str(module)])
+            cli.main([*args6, "--motion-init", str(init), "--motion-module", str(module)])
         with pytest.raises(SystemExit):
-            train_toyworld.main([*TINY, "--out", str(tmp_path / "o7"), "--motion-init", str(init)])
+            cli.main([*TINY, "--out", str(tmp_path / "o7"), "--motion-init", str(init)])
     finally:
         torch.set_num_threads(threads)
 
@@ -171,8 +168,8 @@ def test_caption_probe_trains_every_attribute_word():
     """The text encoder's pre-training loss reaches the token embedding of every attribute word (the motion words
     included, which a single frame does not show)."""
     torch.manual_seed(0)
-    tok, text = train_toyworld.CLIPTokenizer(), train_toyworld.CLIPTextModel(train_toyworld.CLIP)
-    probe = train_toyworld.CaptionProbe(train_toyworld.CLIP.width)
+    tok, text = CLIPTokenizer(), CLIPTextModel(recipe.CLIP)
+    probe = losses.CaptionProbe(recipe.CLIP.width)
     caps = ["a red circle moving left on a black background", "a green square moving right on a gray background"]
     ids = tok(caps)
     loss = probe(text(ids), ids, caps)
@@ -204,7 +201,7 @@ def test_split_batch_adds_up_its_parts_gradients_in_a_fixed_order():
         target = torch.tensor([[rng.random()] for _ in range(n)])  # [n, 1]
         return (model(x) - target).pow(2).mean(), {}
 
-    split = train_toyworld.SplitBatch(loss_fn, batch=5, parts=2, params=params)
+    split = loop.SplitBatch(loss_fn, batch=5, parts=2, params=params)
     assert split.sizes == [3, 2]
     loss, _ = split(random.Random(7))
     grads = [p.grad.clone() for p in params]
@@ -227,6 +224,6 @@ def test_split_batch_adds_up_its_parts_gradients_in_a_fixed_order():
     calls.clear()
     for p in params:
         p.grad = None
-    whole = train_toyworld.SplitBatch(loss_fn, batch=5, parts=1, params=params)
+    whole = loop.SplitBatch(loss_fn, batch=5, parts=1, params=params)
     whole(random.Random(7))
     assert whole.pool is None and calls == [(True, 5)] and all(p.grad is not None for p in params)
