@@ -12,6 +12,9 @@ from torch import Tensor
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+# Every frame of a clip is sampled at once (sliding windows only change what attention sees), so memory and time grow
+# with the clip; past this, a request is refused up front instead of failing on an allocation minutes later.
+MAX_FRAMES = 1024
 
 
 class NonFiniteError(ValueError):
@@ -78,6 +81,11 @@ def check_frames(num_frames: int, minimum: int = 1) -> int:
     num_frames = whole_number(num_frames, "num_frames")
     if num_frames < minimum:
         raise ValueError(f"num_frames must be an integer >= {minimum}, got {num_frames!r}")
+    if num_frames > MAX_FRAMES:
+        raise ValueError(
+            f"{num_frames} frames are more than the {MAX_FRAMES} one clip may have (all are sampled at once); make a "
+            f"longer video in parts (continue_video; CLI extend=N appends N clips)"
+        )
     return num_frames
 
 

@@ -42,7 +42,7 @@ def recorders(unet: nn.Module, bank: KVBank | None, state: StepState) -> dict:
 # which processors go where (from the Controls) -------------------------------------------------------------------
 def anchor_weights(num_frames: int, anchor_frames: Sequence[int]) -> Tensor | None:
     """How much frame j shares each anchor's keys/values: one anchor -> None (all of it); two anchors at the ends ->
-    linear cross-fade ``[1 - j/(f-1), j/(f-1)]`` (our extension for interpolation; see README)."""
+    linear cross-fade ``[1 - j/(f-1), j/(f-1)]`` (our extension for interpolation; docs/method.md §6)."""
     if len(anchor_frames) == 1:
         return None
     if len(anchor_frames) != 2:

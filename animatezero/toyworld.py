@@ -22,7 +22,7 @@ MOTION_MODULE = DIR / "mm_toyworld_v2.safetensors"
 MANIFEST = DIR / "manifest.json"
 # what the toy world was trained on: 64x64 pictures (and 16-frame clips, the pipeline's default length)
 HEIGHT = WIDTH = 64
-# the sampling its measurements use (README "Toy world"): 10 DDIM steps, guidance 5. Higher guidance costs color: the
+# the sampling its measurements use (docs/toyworld.md): 10 DDIM steps, guidance 5. Higher guidance costs color: the
 # step-1 image draws the caption's color in 48 of the first 48 held-out pairs at 5 and in 27 at 7.5
 STEPS, GUIDANCE = 10, 5.0
 

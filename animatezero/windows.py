@@ -101,7 +101,7 @@ def anchored_sliding_pattern(num_frames: int, num_slots: int) -> FramePattern:
 def bidirectional_window_pattern(
     num_frames: int, window: int | None = None, *, correction: bool = True, num_slots: int | None = None
 ) -> FramePattern:
-    """Window attention anchored at both ends, for loops and two-image interpolation (our extension; see README).
+    """Window attention anchored at both ends, for loops and two-image interpolation (our extension; docs/method.md §6).
 
     Frames in the first half use :func:`window_pattern` (anchored to frame 0); frames in the second half use the same
     pattern on the time-reversed clip, so they are anchored to the last frame, which plays frame 0's role (its copies

@@ -8,6 +8,7 @@ Every value error names the key as typed and the fix, e.g.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -21,8 +22,28 @@ from omegaconf import DictConfig, OmegaConf
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 MAX_STEPS = 1000  # the DDIM schedule has 1000 training timesteps
 
+NAME_MAX = 255  # the longest file or folder name Linux, macOS and Windows file systems accept
+MAX_MESSAGE = 1000  # characters of an error message shown; a longer one (a 1 MB value echoed back) is cut
+DEVICES = ("auto", "cpu", "cuda", "mps")  # model.device: one of these, or cuda:N
 # top-level shortcut -> the sampler key it sets ("size" sets both height and width)
 SHORTCUTS = {"steps": "sampler.steps", "frames": "sampler.num_frames", "guidance": "sampler.guidance_scale"}
+# settings that name a file or folder (those present in a config are checked: not empty, no over-long name)
+PATH_KEYS = (  # the roots first: a bad paths.cache_dir is named as such, not as the checkpoint inside it
+    "paths.output_root",
+    "paths.multirun_root",
+    "paths.cache_dir",
+    "out_dir",
+    "sweep_dir",
+    "run_dir",
+    "name",
+    "checkpoint",
+    "motion_module",
+    "image",
+    "end_image",
+    "model.checkpoint",
+    "motion.checkpoint",
+    "motion.lora",
+)
 
 
 class ConfigError(ValueError):
@@ -74,8 +95,10 @@ def parse_size(value: Any) -> tuple[int, int]:
 
 
 def check_size_value(key: str, pixels: Any) -> int:
-    """A height or width: a positive multiple of 64 (the VAE divides by 8, the UNet by 8 more)."""
-    n = _int(key, pixels, 64, 4096, f"{key.split('.')[-1]}=512")
+    """A height or width: a positive multiple of 64 (the VAE divides by 8, the UNet by 8 more). Its range is the
+    pipeline's own (``animatezero.checks.check_size``, run by ``experiments.common.check_like_the_pipeline`` before
+    the run folder exists), so the two cannot disagree."""
+    n = _int(key, pixels, 1, None, f"{key.split('.')[-1]}=512")
     if n % 64:
         raise ConfigError(
             f"{key}={pixels} must be a multiple of 64 (e.g. {(n // 64) * 64 or 64} or {(n // 64 + 1) * 64})"
@@ -124,6 +147,68 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"wandb.mode={mode} is not a W&B mode; use offline, online or disabled")
     if "repeats" in cfg:
         _int("repeats", cfg.repeats, 1, None, "repeats=2")
+    if "model" in cfg:
+        check_model(cfg)
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None:  # a missing (???) value reads as None here; its own check asks for it
+            check_path(key, value)
+    run_files = OmegaConf.select(cfg, "paths.run_files", default=None)
+    for name, value in (run_files or {}).items():
+        check_path(f"paths.run_files.{name}", value)
+
+
+def require_motion_module(cfg: DictConfig) -> None:
+    """``motion_module=null`` is refused where every run animates (the CLI, the sweep); the app takes it for an
+    images-only model."""
+    if cfg.get("motion_module", "") is None:
+        raise ConfigError(
+            "motion_module=null: animating needs an AnimateDiff motion module; give one, e.g. "
+            "motion_module=guoyww/animatediff/mm_sd_v15_v2.ckpt (or leave it out for the default)"
+        )
+
+
+def check_model(cfg: DictConfig) -> None:
+    """The ``model`` settings a user types: threads, VAE chunk, device, dtype."""
+    for key, hint in (("model.cpu_threads", "model.cpu_threads=4"), ("model.vae_chunk_size", "model.vae_chunk_size=8")):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _int(key, value, 1, None, f"{hint} (or null for the default)")
+    device = str(OmegaConf.select(cfg, "model.device", default="auto"))
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())) or device.endswith(":"):
+        raise ConfigError(
+            f"model.device={device} is not a device this pipeline runs on; use auto, cpu, cuda, cuda:N or mps"
+        )
+    dtype = str(OmegaConf.select(cfg, "model.dtype", default="auto"))
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise ConfigError(f"model.dtype={dtype} is not a dtype; use auto, float32, float16 or bfloat16")
+
+
+def check_path(key: str, value: Any) -> str:
+    """A file or folder setting: not empty (an empty ``out_dir=`` would mean the current folder), and no part of it
+    longer than :data:`NAME_MAX` characters (the file system would refuse it mid-run)."""
+    text = os.fspath(value) if isinstance(value, str | os.PathLike) else str(value)
+    if not text.strip():
+        raise ConfigError(
+            f"{key}= is empty; give a path (e.g. {key}=outputs/my_run), or leave {key} out for its default"
+        )
+    for part in Path(text).parts:
+        if len(part.encode()) > NAME_MAX:
+            raise ConfigError(
+                f"{key}={shorten(text, 80)} has a name of {len(part.encode())} bytes ({shorten(part, 40)}); file "
+                f"systems allow at most {NAME_MAX}: use a shorter name"
+            )
+    return text
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line and at most about ``limit`` characters (newlines become ``; ``, the middle is cut)."""
+    text = "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 40, 10)
+    return f"{text[: keep * 3 // 4]}...({len(text) - keep} cut)...{text[-(keep // 4) :]}"
 
 
 # ------------------------------------------------------------------------------------------------- LoRAs
@@ -277,11 +362,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def one_line_errors(prog: str) -> Iterator[None]:
-    """Turn a user error into ``<prog>: error: <message>`` on stderr and exit status 2 (no traceback)."""
+    """Turn a user error into ``<prog>: error: <message>`` on stderr and exit status 2 (no traceback). The message
+    is one line (a multi-line one is joined with ``; ``) of at most about :data:`MAX_MESSAGE` characters."""
     try:
         yield
     except user_errors() as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {shorten(str(e))}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        name = shorten(os.fspath(e.filename), 80) if e.filename is not None else "a path"
+        print(
+            f"{prog}: error: {name}: a name in it is longer than the file system allows ({NAME_MAX})", file=sys.stderr
+        )
         raise SystemExit(2) from None
 
 

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from animatezero import checks
 from animatezero.controls import Controls
 from animatezero.hub import checkpoint_sha256, resolve_all
 from animatezero.pipeline import AnimateZeroPipeline
 from animatezero.progress import step_bar
 from animatezero.results import ImageResult, VideoResult
-from experiments.cli import ConfigError, lora_entries, lora_refs
-from experiments.runs import check_name, distinct_outputs, inside
+from experiments.cli import DEVICES, SHORTCUTS, ConfigError, lora_entries, lora_refs, shorten
+from experiments.runs import check_name, distinct_outputs, inside, max_name_length
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
@@ -47,11 +48,21 @@ def job_num() -> int:
 
 
 def pick_device(spec: str) -> str:
-    """``auto``: ``cuda:<job.num % GPUs>`` when CUDA is available (one GPU per multirun job), else ``cpu``."""
+    """``auto``: ``cuda:<job.num % GPUs>`` when CUDA is available (one GPU per multirun job), else ``cpu``. A named
+    device must be one this pipeline runs on (cpu, cuda, cuda:N, mps) and be present here."""
+    spec = str(spec)
+    kind, _, index = spec.partition(":")
     if spec != "auto":
-        if str(spec).startswith("cuda") and not torch.cuda.is_available():
+        if kind not in DEVICES or kind == "auto" or (index and (kind != "cuda" or not index.isdigit())):
+            raise ConfigError(f"model.device={spec} is not a device this pipeline runs on; use auto, cpu, cuda or mps")
+        if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"model.device={spec} but CUDA is not available here; use model.device=cpu or auto")
-        return str(spec)
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ConfigError(f"model.device={spec} but this machine has {count} GPU(s): use cuda:0..cuda:{count - 1}")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"model.device={spec} but MPS is not available here; use model.device=cpu or auto")
+        return spec
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{job_num() % torch.cuda.device_count()}"
@@ -62,7 +73,7 @@ def pick_dtype(spec: str, device: str) -> torch.dtype:
     if spec == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     if spec not in DTYPES:
-        raise ValueError(f"model.dtype must be auto or one of {sorted(DTYPES)}, got {spec!r}")
+        raise ConfigError(f"model.dtype={spec} is not a dtype; use auto, float32, float16 or bfloat16")
     return DTYPES[spec]
 
 
@@ -70,12 +81,68 @@ def pick_dtype(spec: str, device: str) -> torch.dtype:
 def cpu_threads(n: int | None) -> Iterator[None]:
     """``torch.set_num_threads(n)`` for the block (None: leave it)."""
     before = torch.get_num_threads()
+    if n is not None and (isinstance(n, bool) or not str(n).isdigit() or int(n) < 1):
+        raise ConfigError(f"model.cpu_threads={n} must be a whole number of at least 1 (or null for the default)")
     if n:
         torch.set_num_threads(int(n))
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _ask(key: str, check, *args) -> None:
+    """Run one of the pipeline's own checks (``animatezero.checks``); its ``ValueError`` becomes a
+    :class:`ConfigError` that starts with the key as typed."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def check_like_the_pipeline(cfg: DictConfig, *, min_frames: int = 1) -> None:
+    """The values the pipeline will check, checked now by its own functions (:mod:`animatezero.checks`: size,
+    steps, guidance, frames, seeds) and the input images read by its own reader (:func:`animatezero.io.load_image`),
+    so a value the command line accepts is one the pipeline accepts: nothing fails after the run folder exists.
+    ``min_frames``: 2 for a loop or an interpolation (two anchor frames)."""
+    from animatezero.io import load_image
+
+    sampler, typed = cfg.sampler, {v: k for k, v in SHORTCUTS.items()}
+    name = lambda key: typed.get(key, key)  # noqa: E731 - the top-level shortcut the user most likely typed
+    height, width = int(sampler.height), int(sampler.width)
+    size = f"size={cfg.size}" if cfg.get("size") is not None else f"sampler.height={height}, sampler.width={width}"
+    _ask(size, checks.check_size, height, width)
+    steps, guidance = int(sampler.steps), float(sampler.guidance_scale)
+    typed_sampling = f"{name('sampler.steps')}={steps}, {name('sampler.guidance_scale')}={guidance:g}"
+    _ask(typed_sampling, checks.check_sampling, steps, guidance)
+    frames = int(sampler.num_frames)
+    _ask(f"{name('sampler.num_frames')}={frames}", checks.check_frames, frames, min_frames)
+    for key in ("seed", "end_seed", "sampler.seed"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            _ask(f"{key}={value}", checks.check_seed, int(value))
+    for key in ("image", "end_image"):
+        if cfg.get(key) is not None:
+            try:
+                checks.check_finite(load_image(cfg[key], (height, width)), "the image's pixels")
+            except ValueError as e:
+                raise ConfigError(f"{key}={shorten(str(cfg[key]), 200)}: {e}") from None
+
+
+def check_frames_fit(pipe: AnimateZeroPipeline, controls: Controls, num_frames: int, *, two_anchors: bool) -> None:
+    """The clip length against the loaded motion module's position table, by the code that sets up step 2
+    (:func:`animatezero.method.temporal_processors`): over the table without ``sliding_windows`` is refused here,
+    after loading and before the run folder exists."""
+    from animatezero.method import temporal_processors
+
+    motion = pipe.motion_module
+    if motion is None:
+        return
+    positions = motion.config.max_positions
+    _ask(
+        f"frames={num_frames}",
+        lambda: temporal_processors(controls, motion, num_frames, positions, two_anchors=two_anchors),
+    )
 
 
 def check_sampler(sampler: DictConfig, inverts: str | None = None) -> None:
@@ -147,13 +214,37 @@ def needs_kv(controls: Controls) -> bool:
     return controls.share_kv and controls.kv_source == "cached"
 
 
+def check_prompt_items(items: Any, name: str | None, repeats: int) -> None:
+    """Each item of a prompt set is ``{id, prompt, seed[, negative_prompt]}`` with text prompts and a seed the
+    pipeline takes (:func:`animatezero.checks.check_seed`, also for the last of ``repeats`` seeds). Errors name
+    the item as ``prompts.items[n]`` and the prompt set."""
+    example = "e.g. {id: cat, prompt: 'a cat, blinking', seed: 1}"
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"prompts.items of prompt set {name!r} must be a non-empty list of items, {example}")
+    for n, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise ConfigError(f"prompts.items[{n}] of prompt set {name!r} is {shorten(repr(it), 80)}; {example}")
+        where = f"prompts.items[{n}] (id {shorten(repr(it.get('id')), 80)}, prompt set {name!r})"
+        missing = [k for k in ("id", "prompt", "seed") if it.get(k) is None]
+        if missing:
+            raise ConfigError(f"{where} has no {' or '.join(missing)}: each item needs id, prompt and seed, {example}")
+        if not isinstance(it["prompt"], str) or not isinstance(it.get("negative_prompt") or "", str):
+            raise ConfigError(f"{where}: prompt and negative_prompt must be text")
+        seed = it["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"{where}: seed={shorten(repr(seed), 40)} is not a whole number; use 0..2**64-1")
+        _ask(f"{where}: seed={seed}", checks.check_seed, seed)
+        _ask(f"{where}: seed={seed} with repeats={repeats}", checks.check_seed, seed + repeats - 1)
+
+
 def prompt_items(
     prompts: DictConfig, repeats: int = 1, shard: Mapping[str, int] | None = None, negative_prompt: str = ""
 ) -> list[dict]:
     """The prompt set as items ``{id, prompt, negative_prompt, seed, dirname}``; ``repeats`` seeds per prompt
     (seed, seed + 1, ...); with ``shard`` only prompts ``index, index + count, ...``. An item without its own
     negative prompt gets ``negative_prompt``."""
-    items = plain(prompts["items"])
+    items = plain(prompts.get("items"))
+    check_prompt_items(items, prompts.get("name"), int(repeats))
     ids = [str(it["id"]) for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError(
@@ -167,6 +258,7 @@ def prompt_items(
         if n % count != index:
             continue
         check_name(str(it["id"]), "prompt id")
+        check_name(f"{it['id']}_s{int(it['seed']) + int(repeats) - 1}", "prompt id (with its seed)")
         for r in range(int(repeats)):
             seed = int(it["seed"]) + r
             out.append(
@@ -212,8 +304,11 @@ def ensure_synthetic(cfg: DictConfig) -> None:
 
 
 def checkpoint_refs(cfg: DictConfig) -> dict[str, str | None]:
-    """The weight files a config names, by the setting a user types to change each (SD1.5 LoRAs as ``lora[i]``)."""
+    """The weight files a config names, by the setting a user types to change each (SD1.5 LoRAs as ``lora[i]``).
+    ``motion_module=null`` (a pipeline for images only, in the app) leaves no motion module and no MotionLoRA."""
     refs = {"checkpoint": cfg.checkpoint, "motion_module": cfg.motion_module, "motion.lora": cfg.motion.lora}
+    if refs["motion_module"] is None and refs["motion.lora"] is not None:
+        raise ConfigError(f"motion.lora={refs['motion.lora']} needs a motion module: give motion_module= as well")
     return refs | lora_refs(cfg)
 
 
@@ -277,9 +372,36 @@ def progress(total: int, desc: str):
     return step_bar(total, desc)
 
 
+VIDEO_SUFFIXES = (".mp4", ".gif", "")  # what animatezero.io.save_video writes ("": a folder of PNG frames)
+
+
+def check_output_name(key: str, path: Path, *, image: bool) -> None:
+    """An output's file name: a format its writer knows (:func:`animatezero.io.save_image` writes any format Pillow
+    saves by suffix, ``save_video`` the :data:`VIDEO_SUFFIXES`), and short enough to be written through a
+    temporary name beside it (:func:`experiments.runs.max_name_length`)."""
+    from PIL import Image
+
+    suffix = path.suffix.lower()
+    if image:
+        fmt = Image.registered_extensions().get(suffix)
+        if fmt is None or fmt not in Image.SAVE:
+            what = suffix or "no suffix"
+            raise ConfigError(f"{key}={path.name}: {what} is not an image format that can be written; use .png")
+    elif suffix not in VIDEO_SUFFIXES:
+        raise ConfigError(
+            f"{key}={path.name}: {suffix} is not a video format that can be written; use .mp4 or .gif, or a name "
+            "without a suffix for a folder of PNG frames"
+        )
+    if len(path.name.encode()) > max_name_length():
+        raise ConfigError(f"{key}={shorten(path.name, 60)} is too long: at most {max_name_length()} characters")
+
+
 def run_files(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Path]:
-    """The configured file names inside ``run_dir`` (each checked not to leave it, nor to collide with another)."""
+    """The configured file names inside ``run_dir`` (each checked not to leave it, nor to collide with another,
+    and to have a suffix its writer knows: ``image`` an image format, the others a video one or none)."""
     files = {k: inside(run_dir, v, f"paths.run_files.{k}") for k, v in plain(cfg.paths.run_files).items()}
+    for key, path in files.items():
+        check_output_name(f"paths.run_files.{key}", path, image=key == "image")
     return distinct_outputs(files)
 
 

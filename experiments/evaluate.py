@@ -25,15 +25,22 @@ def evaluate(cfg: DictConfig, networks: Any = None) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir``; ``networks`` injects evaluator networks (tests use toy ones). Returns the run's
     metrics, or the sweep's summary groups. W&B is opened only once the metrics exist: a failed evaluation leaves
     no W&B run behind."""
+    cli.check_values(cfg)  # wandb.mode, run_dir not empty
     path = Path(cfg.run_dir)
     if not path.is_dir():
         raise cli.ConfigError(f"run_dir={cfg.run_dir} is not a directory; give a run or a sweep directory")
-    cli.check_values(cfg)  # wandb.mode
     from evaluation.evaluate import EvalConfig, evaluate_run, evaluate_sweep
+    from evaluation.runs import find_runs
     from experiments import common
-    from experiments.runs import WandbRun
+    from experiments.runs import WandbRun, check_writable
 
     config = EvalConfig(**common.plain(cfg.eval))
+    # every folder this evaluation will write into, proved writable before anything is computed
+    if (path / "run.json").is_file():
+        check_writable([path] if cfg.force or not (path / "metrics.json").is_file() else [], "metrics.json")
+    else:
+        check_writable([path], "metrics.csv and metrics_summary.json")
+        check_writable(find_runs(path), "metrics.json")
     if (path / "run.json").is_file():
         if (path / "metrics.json").is_file() and not cfg.force:
             result = json.loads((path / "metrics.json").read_text())

@@ -35,6 +35,7 @@ def check(cfg: DictConfig) -> None:
         cfg.prompt = ""  # a real image with no description
     cli.apply_shortcuts(cfg)
     cli.check_values(cfg)
+    cli.require_motion_module(cfg)
     for key in ("image", "end_image"):
         if cfg[key] is not None:
             local_file(cfg[key], key, image=True)
@@ -66,13 +67,22 @@ def generate(cfg: DictConfig) -> Path:
     device = common.pick_device(cfg.model.device)
     dtype = common.pick_dtype(cfg.model.dtype, device)
     files = common.run_files(cfg, cfg.out_dir)
+    two_anchors = bool(cfg.loop or cfg.end_image is not None or cfg.end_image_prompt is not None)
+    common.check_like_the_pipeline(cfg, min_frames=2 if two_anchors else 1)  # the pipeline's own checks, now
     seed = int(cfg.seed) if cfg.seed is not None else new_seed()
-    # The weights are found (or downloaded) before the run folder exists: missing or bad weights leave nothing.
+    # The weights are found (or downloaded) and loaded before the run folder exists: missing or bad weights, or a
+    # clip longer than the motion module allows, leave nothing.
     t = time.perf_counter()
     with common.cpu_threads(cfg.model.cpu_threads):
         common.ensure_synthetic(cfg)
         checkpoints = common.resolve_checkpoints(cfg)
-    resolve_s = round(time.perf_counter() - t, 4)
+        resolve_s = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
+        pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
+        load_s = round(time.perf_counter() - t, 4)
+    if not cfg.candidates:
+        common.check_frames_fit(pipe, controls, int(cfg.sampler.num_frames), two_anchors=two_anchors)
+    existed = Path(cfg.out_dir).expanduser().exists()
     out_dir = prepare_run_dir(cfg.out_dir, overwrite=cfg.overwrite)
     config = common.plain(cfg)
 
@@ -90,15 +100,18 @@ def generate(cfg: DictConfig) -> Path:
         checkpoints=checkpoints,
         **environment(device),
     )
-    record.data["timings"]["resolve_s"] = resolve_s
-    record.write()
+    record.data["timings"].update(resolve_s=resolve_s, load_s=load_s)
+    try:
+        record.write()  # before any output: a disk too full for it fails here, naming run.json
+    except OSError:
+        if not existed and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing left behind
+        raise
     wandb = WandbRun.start(
         **common.wandb_args(cfg.wandb), name=out_dir.name, job_type="generate", config=config, dir=out_dir
     )
     try:
         with common.cpu_threads(cfg.model.cpu_threads):
-            with record.timer("load"):
-                pipe = common.load_pipeline(cfg, checkpoints, device, dtype)
             if cfg.candidates:
                 return write_candidates(pipe, cfg, seed, out_dir, record, wandb)
             image, video, mode = image_and_video(pipe, cfg, controls, seed, record)
@@ -116,7 +129,7 @@ def generate(cfg: DictConfig) -> Path:
             with record.timer("write"):
                 common.write_outputs(files, image, video, int(cfg.sampler.fps))
     except BaseException as e:
-        record.failed(e)
+        record.failed(e)  # never raises: on a full disk run.json is rewritten in place, and `e` names what failed
         wandb.finish()
         raise
     metrics = {"first_frame_psnr": round(psnr(video.frames[0], image.image), 3)}

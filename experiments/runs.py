@@ -4,6 +4,9 @@
   one that already holds a run; :func:`inside` joins a configured relative path and refuses one that leaves it.
 * :class:`RunRecord` accumulates what a run did (config, seeds, checkpoint SHA-256, versions, device, timings, git
   commit) and writes it atomically as ``run.json`` with a ``"status"`` of ``running``, ``done`` or ``failed``.
+  A failure is recorded even on a full disk: run.json is then rewritten in place (:meth:`RunRecord.failed`).
+* :func:`claim` takes a sweep item for this process (a lock file beside it), so runners sharing a sweep split it.
+* :func:`check_writable` proves folders writable before an evaluation computes anything.
 * :class:`WandbRun` logs config, numbers, the first-frame image and the video. It is offline unless asked otherwise,
   honours ``WANDB_MODE=disabled``, waits a bounded time for ``wandb.init``, and turns every W&B error into one
   warning: a run never fails or hangs because of W&B.
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -31,12 +35,29 @@ from pathlib import Path
 from typing import Any
 
 # OutputDirError and OutputWriteError are defined beside the atomic writers and raised from here too
-from animatezero.io import OutputDirError, OutputWriteError, pid_alive, remove_orphans, write_json  # noqa: F401
+from animatezero.io import (  # noqa: F401
+    PARTIAL,
+    OutputDirError,
+    OutputWriteError,
+    atomic_path,
+    pid_alive,
+    remove_orphans,
+    write_json,
+)
 
 RUN_JSON = "run.json"
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+NAME_MAX = 255  # the longest file or folder name file systems accept
+MAX_ERROR = 1000  # characters of an error kept in run.json
+RESERVE = 2 * MAX_ERROR + 512  # spare bytes in a running run.json: the failed record fits in place (RunRecord.write)
+
+
+def max_name_length() -> int:
+    """The longest output name that can still be written atomically: :func:`animatezero.io.atomic_path` writes
+    ``.<name>.partial-<host>-<pid>-<8 random>`` beside it first, and that must fit in :data:`NAME_MAX`."""
+    return NAME_MAX - len(f".{PARTIAL}{socket.gethostname()}-{2**22}--") - 8
 
 
 class OutputPathError(ValueError):
@@ -73,9 +94,11 @@ def check_name(name: str, what: str) -> str:
     """``name`` as one path component: letters, digits and ``._=+-``, not starting with a dot (no ``..``)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise OutputPathError(
-            f"{what} {name!r} cannot be a directory name: use letters, digits and ._=+- "
+            f"{what} {str(name)[:80]!r} cannot be a directory name: use letters, digits and ._=+- "
             "(not starting with a dot or containing a slash)"
         )
+    if len(name) > max_name_length():
+        raise OutputPathError(f"{what} {name[:40]!r}... is {len(name)} characters: use at most {max_name_length()}")
     return name
 
 
@@ -213,8 +236,14 @@ class RunRecord:
             self.data["timings"][key] = round(self.data["timings"].get(key, 0.0) + time.perf_counter() - t, 4)
 
     def write(self, run_dir: str | os.PathLike | None = None) -> Path:
+        """Write run.json atomically. While the run is ``running`` the file ends in :data:`RESERVE` spaces (JSON
+        allows them): room for the final status and its error, written in place if the disk fills up."""
         path = Path(run_dir or self.run_dir) / RUN_JSON
-        write_json(path, self.data)
+        text = json.dumps(self.data, indent=2, default=str) + "\n"
+        if self.data["status"] == "running":
+            text += " " * RESERVE + "\n"
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
         return path
 
     def _close(self, status: str, run_dir: str | os.PathLike | None, **fields: Any) -> Path:
@@ -227,9 +256,48 @@ class RunRecord:
     def done(self, run_dir: str | os.PathLike | None = None, **fields: Any) -> Path:
         return self._close("done", run_dir, **fields)
 
-    def failed(self, error: BaseException, run_dir: str | os.PathLike | None = None) -> Path:
+    def failed(self, error: BaseException, run_dir: str | os.PathLike | None = None) -> Path | None:
+        """Record ``error`` (``failed``, or ``interrupted`` for Ctrl-C / SIGTERM). Never raises: the caller re-raises
+        ``error``, which is the one to report. When run.json cannot be replaced (a full disk: the failed output was
+        the disk filling up), it is rewritten in place over its own bytes, which needs no new space: the whole
+        record (it fits in the :data:`RESERVE` a running run.json ends with), else the record without its
+        ``config``, else the status and error alone."""
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        return self._close(status, run_dir, error=f"{type(error).__name__}: {error}")
+        message = " ".join(f"{type(error).__name__}: {error}".split())
+        message = message if len(message) <= MAX_ERROR else f"{message[: MAX_ERROR - 20]}... ({len(message)} chars)"
+        try:
+            return self._close(status, run_dir, error=message)
+        except OSError:
+            pass
+        path = Path(run_dir or self.run_dir) / RUN_JSON
+        slim = {k: v for k, v in self.data.items() if k != "config"}
+        least = {k: self.data.get(k) for k in ("schema", "status", "kind", "error", "started", "finished", "host")}
+        for data in (self.data, slim, least | {"pid": self.data.get("pid"), "note": "record cut: the disk was full"}):
+            if rewrite_in_place(path, json.dumps(data, indent=2, default=str) + "\n"):
+                return path
+        warnings.warn(f"could not record the failure in {path}: {message}", stacklevel=2)
+        return None
+
+
+def rewrite_in_place(path: Path, text: str) -> bool:
+    """Overwrite the existing file ``path`` with ``text`` when it is no longer than the file (its blocks are reused,
+    so this works on a full disk), then cut the file to the new length. False when it does not fit or fails."""
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_size:
+            return False
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class Terminated(KeyboardInterrupt):
@@ -271,6 +339,96 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     run["status"] = run_status(run)
     return run
+
+
+# ------------------------------------------------------------------------------------------------- claims
+class Claim:
+    """This process's claim on one sweep item: an exclusive ``flock`` on ``.<item>.claim`` beside the item's folder,
+    holding who took it (pid, host, time) for people. The kernel drops the lock when the process ends, however it
+    ends (``kill -9`` too), so a claim of a dead runner is simply taken over; no pid needs to be trusted."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        """Remove the claim file (while still holding its lock, so no runner holds an orphaned copy) and unlock."""
+        if self._fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                self.path.unlink()
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+_LOCKS_WARNED: set[str] = set()
+
+
+def claim_path(item_dir: str | os.PathLike) -> Path:
+    item_dir = Path(item_dir)
+    return item_dir.parent / f".{item_dir.name}.claim"
+
+
+def claim(item_dir: str | os.PathLike) -> Claim | None:
+    """Claim the sweep item ``item_dir`` for this process, or None when another runner holds it. A file system
+    without locks (some network mounts) gives every runner the claim, with one warning: they may then double work,
+    never corrupt it (items are committed atomically)."""
+    import fcntl
+
+    path = claim_path(item_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            if str(path.parent) not in _LOCKS_WARNED:
+                _LOCKS_WARNED.add(str(path.parent))
+                warnings.warn(
+                    f"{path.parent}: the file system has no locks; parallel runners may repeat items", stacklevel=2
+                )
+            return Claim(path, fd)
+        try:  # the lock is ours; is the file still the one at `path` (not removed by a runner releasing it)?
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}).encode())
+    except OSError:  # the holder's name is for people; a full disk must not stop the claim
+        pass
+    return Claim(path, fd)
+
+
+def claim_holder(item_dir: str | os.PathLike) -> str:
+    """Who holds the claim on ``item_dir``, for messages (``pid 123 on host``), or ``another runner``."""
+    try:
+        who = json.loads(claim_path(item_dir).read_text())
+        return f"pid {int(who['pid'])} on {who['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another runner"
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def check_writable(folders: list[Path], what: str) -> None:
+    """Refuse, before any work, folders that cannot be written (read-only, or not folders), naming up to three."""
+    bad = [f for f in folders if not (f.is_dir() and os.access(f, os.W_OK | os.X_OK))]
+    if bad:
+        names = ", ".join(repr(str(f)) for f in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise OutputDirError(
+            f"cannot write {what} into {names}: read-only. Make the folder writable, or copy the runs somewhere "
+            "writable and evaluate the copy"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- W&B

@@ -271,21 +271,6 @@ def test_motion_lora_merge(tmp_path, alpha, suffix):
     assert all(torch.equal(reread[k], v) for k, v in mm.items())
 
 
-def test_loaded_models_run(tmp_path, base_sd):
-    """Loaded modules run: CLIP, an image UNet step, a VAE decode, and a video UNet step with motion modules."""
-    unet, vae, clip = load_sd15(save_state_dict(model_only(base_sd), tmp_path / "m.safetensors"))
-    write_motion_module(tmp_path / "mm.ckpt", motion_cfg(2), seed=6)
-    motion = load_motion_module(tmp_path / "mm.ckpt", unet_config=unet.config)
-    ctx = clip(torch.randint(0, CLIP_CFG.vocab_size, (1, 77)))
-    image_eps = unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), ctx)
-    img = vae.decode(torch.randn(1, 4, 8, 8))
-    frames = 4
-    video_eps = unet(torch.randn(1, 4, frames, 8, 8), torch.tensor([500]), ctx, motion=motion)
-    assert ctx.shape == (1, 77, 64) and image_eps.shape == (1, 4, 16, 16) and img.shape == (1, 3, 64, 64)
-    assert video_eps.shape == (1, 4, frames, 8, 8)
-    assert all(torch.isfinite(t).all() for t in (ctx, image_eps, img, video_eps))
-
-
 def test_inspect_checkpoint_script(tmp_path, base_sd, capsys):
     """scripts/inspect_checkpoint.py's module (``models.inspection``), run in-process (its main() takes argv) to avoid
     a second torch start-up."""

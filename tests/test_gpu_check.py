@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from tests.timebox import Part, run_parts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,11 +26,15 @@ def test_dry_run_writes_json_and_markdown(tmp_path):
     assert set(summary["parts"]) == {"wheels", "environment", "gpu_tests"}
     assert summary["parts"]["environment"]["status"] == "passed"
     assert summary["environment"]["torch"]  # the probe's versions were parsed
-    assert summary["parts"]["gpu_tests"]["status"] == "passed"  # on a CPU: collected, skipped cleanly
+    gpu_tests = summary["parts"]["gpu_tests"]
+    if torch.cuda.is_available():
+        assert gpu_tests["status"] == "passed", gpu_tests
+    else:  # collected and every one skipped: reported as skipped, not passed
+        assert gpu_tests["status"] == "skipped" and "every test skipped" in gpu_tests["reason"], gpu_tests
     assert summary["parts"]["wheels"]["missing"] == []  # this environment has diffusers & co.
     text = (out / "gpu_check.md").read_text()
     assert text == summary["markdown"] and "dry run" in text
-    assert "| environment | passed |" in text and "| gpu_tests | passed |" in text
+    assert "| environment | passed |" in text and f"| gpu_tests | {gpu_tests['status']} |" in text
     assert "===== gpu_tests" in (out / "gpu_check.log").read_text()
 
 
@@ -41,6 +47,8 @@ def test_time_box_kills_a_part_and_the_rest_still_runs(tmp_path):
         Part("quick", [sys.executable, "-c", code], 30, min_s=1),
         Part("fails", [sys.executable, "-c", "raise SystemExit(3)"], 30, min_s=1),
         Part("no_time_left", [sys.executable, "-c", "pass"], 30, min_s=10_000),
+        Part("all_skipped", [sys.executable, "-c", "print('===== 3 skipped in 0.12s =====')"], 30),
+        Part("some_passed", [sys.executable, "-c", "print('1 passed, 2 skipped in 0.12s')"], 30),
     ]
     with open(tmp_path / "log", "w") as log:
         results = run_parts(parts, 600, {}, log, missing=["diffusers"], cwd=tmp_path)
@@ -52,6 +60,8 @@ def test_time_box_kills_a_part_and_the_rest_still_runs(tmp_path):
     assert results["quick"]["status"] == "passed" and "ok" in results["quick"]["output_tail"]
     assert results["fails"]["status"] == "failed" and results["fails"]["returncode"] == 3
     assert results["no_time_left"]["status"] == "skipped"
+    assert results["all_skipped"]["status"] == "skipped" and "3 skipped" in results["all_skipped"]["reason"]
+    assert results["some_passed"]["status"] == "passed"
     assert "===== hangs" in (tmp_path / "log").read_text()
 
 

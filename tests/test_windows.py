@@ -126,6 +126,9 @@ def test_long_clip_without_correction_animates(tiny_pipe):
     controls = Controls(position_correction=False, sliding_windows=True)
     video = tiny_pipe.animate(image, num_frames=f, seed=0, controls=controls)
     assert video.frames.shape[0] == f and torch.isfinite(video.frames).all()
+    assert (video.frames[0] - image.image).abs().max().item() <= 1e-3  # frame 0 is still the image
+    corrected = tiny_pipe.animate(image, num_frames=f, seed=0, controls=Controls(sliding_windows=True))
+    assert not torch.equal(video.frames[1:], corrected.frames[1:])  # the switch reaches the windowed modules
 
 
 def test_long_clip_without_correction_equals_naive():

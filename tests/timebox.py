@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,12 +68,21 @@ def run_part(part: Part, timeout: float, env: dict[str, str], log, cwd: Path | N
         "returncode": rc,
         "output_tail": text[-TAIL:],
     }
+    if status == "passed" and (skipped := _all_skipped(text)):
+        result.update(status="skipped", reason=f"every test skipped ({skipped})")  # ran nothing: not a pass
     if part.report is not None and part.report.exists():
         try:
             result["report"] = json.loads(part.report.read_text())
         except json.JSONDecodeError as e:
             result["report_error"] = str(e)
     return result
+
+
+def _all_skipped(output: str) -> str | None:
+    """pytest's summary line (``6 skipped in 1.2s``) when it counts skipped tests and none that passed, else None."""
+    lines = [ln.strip(" =") for ln in output.strip().splitlines() if ln.strip()]
+    words = re.findall(r"\d+ (\w+)", lines[-1] if lines else "")
+    return lines[-1] if "skipped" in words and "passed" not in words else None
 
 
 def run_parts(

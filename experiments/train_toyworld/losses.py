@@ -55,8 +55,8 @@ class CaptionProbe(nn.Module):
     SD freezes a CLIP text encoder that contrastive pre-training taught to tell captions apart; this is that step for
     the toy world, with the caption's known attributes standing in for the paired image. Trained jointly with the
     UNet from scratch instead (the recipe before this one), the encoder let the words a single frame does not need
-    collapse: captions differing only in the motion word came out 0.4 % apart, in the shape word 1 % (README "Toy
-    world")."""
+    collapse: captions differing only in the motion word came out 0.4 % apart, in the shape word 1 %
+    (docs/toyworld.md)."""
 
     ATTRIBUTES = {
         "color": tuple(tw.COLORS),

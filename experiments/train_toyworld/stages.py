@@ -206,8 +206,8 @@ def _continue_unet(
 def train_refine(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextModel, unet: UNetModel) -> UNetModel:
     """Stage ``refine``: continue the ``unet`` stage's EMA weights at a low learning rate with the same loss, half of
     the frames being their clip's frame 0 (the frame AnimateZero's step 1 draws: a generated image becomes frame 0 of
-    the clip, and frame 0 is where a clip's motion starts). On 32 held-out prompts at guidance 5 (README "Toy
-    world"), text-to-image color accuracy went from 0.88 after ``unet`` to 0.94 after this stage, shape from 0.75 to
+    the clip, and frame 0 is where a clip's motion starts). On 32 held-out prompts at guidance 5 (docs/toyworld.md),
+    text-to-image color accuracy went from 0.88 after ``unet`` to 0.94 after this stage, shape from 0.75 to
     0.78. Returns the EMA weights (decay :data:`REFINE_EMA_DECAY`)."""
     return _continue_unet("refine", out, args, log, pool, tok, text, unet, REFINE_FIRST_FRAME, args.seed + 6)
 
@@ -226,8 +226,8 @@ def train_frame0(out: Path, args, log, pool, tok: CLIPTokenizer, text: CLIPTextM
     (docs/toyworld.md §6). Frame 0 does show the sign: a right-moving object starts left of centre.
     After 1,000 steps of this stage the same word change moves the inputs by 0.53 (``moving up``: 0.82), step-1
     images put the two objects at 19 and 45 px, where the world's frame 0 has them (20 and 44), and that motion
-    module continued for 8,000 steps on the new UNet sends 27 of those 32 clips the captioned way (README "Toy
-    world"). Frame 0 is also what AnimateZero's step 1 draws."""
+    module continued for 8,000 steps on the new UNet sends 27 of those 32 clips the captioned way (docs/toyworld.md).
+    Frame 0 is also what AnimateZero's step 1 draws."""
     return _continue_unet("frame0", out, args, log, pool, tok, text, unet, 1.0, args.seed + 7)
 
 

@@ -1,18 +1,16 @@
-"""What a new user meets first: local paths versus hub references, the offline first run (one message naming every
-missing file, one connectivity check), one-line errors with exit status 2 that leave nothing on disk, ``--help``,
-the top-level shortcuts, progress bars in the Python API, and sweep/evaluate errors and summaries. No network: the
-hub and the connection are simulated with monkeypatching."""
+"""What the three entry points (animatezero, experiments.sweep, experiments.evaluate) answer to bad input: one line
+with exit status 2 that names the key, before any weights load, with nothing left on disk; --help; prompts taken
+as typed; a run that fails later keeps a failed run.json; sweep summaries."""
 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from animatezero import hub
 from experiments import cli
 from experiments import evaluate as ev
 from experiments import generate as gen
@@ -25,114 +23,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
-
-# ------------------------------------------------------------------------------------------------- local or hub
-def test_local_paths_are_never_hub_references(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "checkpoints" / "sub").mkdir(parents=True)
-    local = [
-        "/abs/org/repo/file.safetensors",
-        "./org/repo/file.safetensors",
-        "../org/repo/file.safetensors",
-        "~/org/repo/file.safetensors",
-        "C:/models/x/file.safetensors",
-        "models\\x\\file.safetensors",
-        "model.safetensors",
-        "dir/model.safetensors",  # two parts: never a hub file
-        "checkpoints/sub/model.safetensors",  # first part exists here
-    ]
-    for ref in local:
-        assert hub.hub_reference(ref) is None, ref
-    assert hub.hub_reference("org/repo/file.ckpt@abc") == ("org/repo", "file.ckpt", "abc")
-    assert hub.hub_reference("hf://checkpoints/sub/model.safetensors") == ("checkpoints/sub", "model.safetensors", None)
-    with pytest.raises(ValueError, match="hf://org/repo"):
-        hub.hub_reference("hf://only/two")
-
-
-def test_missing_directory_and_unreadable_local_files(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"^checkpoint=models/x/y.safetensors does not exist"):
-        hub.resolve("models/x/y.safetensors")  # looks like org/repo/file, but models/ is here: local, not the hub
-    with pytest.raises(IsADirectoryError, match="is a directory; pass the .safetensors/.ckpt file inside it"):
-        hub.resolve(str(tmp_path / "models"), key="motion_module")
-    f = tmp_path / "w.ckpt"
-    f.write_bytes(b"x")
-    real_open = open
-
-    def refuse(path, *a, **k):
-        if Path(path) == f:
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr("builtins.open", refuse)
-    with pytest.raises(PermissionError, match="cannot be read .*Permission denied"):
-        hub.local_file(f, "checkpoint")
-
-
-def test_every_local_problem_is_reported_at_once(tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
-        hub.resolve_all({"checkpoint": str(tmp_path / "a.safetensors"), "motion_module": str(tmp_path / "b.ckpt")})
-    assert "checkpoint=" in str(info.value) and "motion_module=" in str(info.value)
-
-
-# ------------------------------------------------------------------------------------------------- offline
-@pytest.fixture
-def empty_hub(monkeypatch):
-    """A hub cache with nothing in it; any real download attempt fails the test."""
-    import huggingface_hub
-
-    asked = []
-
-    def fake_download(repo_id, filename, revision=None, local_files_only=False, **kwargs):
-        asked.append((repo_id, filename, local_files_only))
-        if local_files_only:
-            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
-        raise AssertionError("a download was attempted although the hub cannot be reached")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    return asked
-
-
-def test_offline_names_every_missing_file_with_overrides(empty_hub, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    refs = {"checkpoint": hub.DEFAULT_CHECKPOINT, "motion_module": hub.DEFAULT_MOTION_MODULE, "motion.lora": None}
-    t = time.perf_counter()
-    with pytest.raises(hub.DownloadError) as info:
-        hub.resolve_all(refs)
-    assert time.perf_counter() - t < 5  # a cache lookup per file, no network, no retries
-    message = str(info.value)
-    assert "HF_HUB_OFFLINE is set" in message and "2 weight files are not in the Hugging Face cache" in message
-    assert f"checkpoint={hub.DEFAULT_CHECKPOINT}" in message and f"motion_module={hub.DEFAULT_MOTION_MODULE}" in message
-    assert "checkpoint=/path/v1-5-pruned-emaonly.safetensors motion_module=/path/mm_sd_v15_v2.ckpt" in message
-    assert [a[2] for a in empty_hub] == [True, True]
-
-
-def test_unreachable_hub_is_checked_once(empty_hub, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
-        monkeypatch.delenv(k, raising=False)
-    attempts = []
-
-    def no_network(address, timeout=None, **kwargs):
-        attempts.append((address, timeout))
-        raise OSError(101, "Network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    with pytest.raises(hub.DownloadError, match="huggingface.co:443 cannot be reached"):
-        hub.resolve_all({"checkpoint": hub.DEFAULT_CHECKPOINT, "motion_module": hub.DEFAULT_MOTION_MODULE})
-    assert attempts == [(("huggingface.co", 443), 3.0)]
-
-
-def test_offline_message_from_the_cli_once_and_nothing_on_disk(empty_hub, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(gen.main, ["animatezero", "prompt=a cat, blinking"], monkeypatch, capsys)
-    assert code == 2 and "Traceback" not in err
-    assert err.count("not in the Hugging Face cache") == 1 and "not in the Hugging Face cache" not in out
-    assert "checkpoint=/path/" in err and "motion_module=/path/" in err
-    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------- CLI errors
@@ -181,12 +71,11 @@ def test_checkpoint_directory_and_missing_local_path_from_the_cli(tmp_path, monk
 
 
 def test_a_run_failing_later_keeps_its_failed_run_json_only(tiny_cache, tmp_path, monkeypatch, capsys):
-    from experiments import common
-
     def broken(*args, **kwargs):
         raise ValueError("the pipeline refused this")
 
-    monkeypatch.setattr(common, "load_pipeline", broken)
+    # sampling fails after the run folder exists (the weights are loaded before it: a load failure leaves nothing)
+    monkeypatch.setattr(gen, "image_and_video", broken)
     monkeypatch.chdir(tmp_path)
     argv = ["animatezero", "prompt=x", "debug=tiny", f"paths.cache_dir={tiny_cache}", "out_dir=run"]
     code, _, err = run_main(gen.main, argv, monkeypatch, capsys)
@@ -220,35 +109,68 @@ def test_out_dir_check_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------------------------------------- Python API
-def test_progress_bar_over_the_steps(tiny_pipe, monkeypatch):
-    import tqdm.auto
+# ----------------------------------------------------------------------------------- the CLI on tiny weights
+def cli_run(argv: list[str], tmp_path: Path, tiny_cache: Path, monkeypatch) -> Path:
+    """Run the ``animatezero`` console script as typed in a shell; returns the run directory."""
+    import sys
 
-    bars = []
+    from hydra.core.global_hydra import GlobalHydra
 
-    class Bar:
-        def __init__(self, total, desc, **kwargs):
-            self.total, self.desc, self.n = total, desc, 0
-            bars.append(self)
+    from experiments import generate as gen
 
-        def update(self, n):
-            self.n += n
+    run_dir = tmp_path / "run"
+    argv = ["animatezero", "debug=tiny", f"paths.cache_dir={tiny_cache}", *argv, f"out_dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        gen.main()
+    finally:
+        GlobalHydra.instance().clear()
+    return run_dir
 
-        def __enter__(self):
-            return self
 
-        def __exit__(self, *exc):
-            return False
+@pytest.mark.parametrize("prompt", ["draw ${oc.env:SECRET_TOKEN}", "price $5 ${", "a \\${x} and ${y}"])
+def test_prompts_are_taken_as_typed(tmp_path, tiny_cache, monkeypatch, prompt):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    run_dir = cli_run(
+        [f"prompt={prompt}", "sampler.num_frames=2", "controls=animatediff"], tmp_path, tiny_cache, monkeypatch
+    )
+    text = (run_dir / "run.json").read_text()
+    run = json.loads(text)
+    assert run["status"] == "done" and run["prompt"] == prompt and run["config"]["prompt"] == prompt
+    assert "hunter2" not in text
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
-    seen = []
-    image = tiny_pipe.text_to_image("a cat", height=64, width=64, steps=2, seed=1, callback=seen.append)
-    tiny_pipe.animate(image, num_frames=2, seed=1)
-    assert [(b.desc, b.total, b.n) for b in bars] == [("image", 2, 2), ("video", 2, 2)]
-    assert len(seen) == 2  # the user's callback still runs
-    monkeypatch.setattr(tiny_pipe, "progress", False)
-    tiny_pipe.text_to_image("a cat", height=64, width=64, steps=2, seed=1)
-    assert len(bars) == 2
+
+def test_nan_frames_make_a_failed_run_with_the_reason(tmp_path, tiny_cache, monkeypatch):
+    from models.runner import UNetRunner
+
+    monkeypatch.setattr(UNetRunner, "__call__", lambda self, x, t, context: torch.full_like(x, float("nan")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["prompt=x", "sampler.num_frames=2", "controls=animatediff"], tmp_path, tiny_cache, monkeypatch)
+    assert exit_info.value.code == 2
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "failed" and run["error"].startswith("NonFiniteError: sampling produced NaN")
+    assert "quick_metrics" not in run and not (tmp_path / "run" / "video.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("paths.run_files.gif=frames/x.gif", "lies inside paths.run_files.frames"),
+        ("candidates=-1", "candidates"),
+        ("extend=-1", "extend"),
+        ("seed=1.5", "seed"),
+        ("sampler.fps=-5", "fps"),
+        ("sampler.guidance_scale=inf", "guidance"),
+    ],
+)
+def test_bad_cli_values_fail_before_any_weights_are_loaded(tmp_path, tiny_cache, monkeypatch, capsys, override, match):
+    from experiments import common
+
+    monkeypatch.setattr(common, "load_pipeline", lambda *a, **k: pytest.fail("loaded weights despite a bad value"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["prompt=x", override], tmp_path, tiny_cache, monkeypatch)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and match in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------- sweep, evaluate
@@ -311,7 +233,9 @@ def test_sweep_summary_on_ctrl_c(tiny_cache, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sw, "animate", interrupted)  # Ctrl-C during the first item's step 2
+    from animatezero.pipeline import AnimateZeroPipeline
+
+    monkeypatch.setattr(AnimateZeroPipeline, "animate", interrupted)  # Ctrl-C during the first item's step 2
     monkeypatch.chdir(tmp_path)
     argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", "sweep_dir=sw", "shard.count=99"]
     with pytest.raises(KeyboardInterrupt):
@@ -334,3 +258,24 @@ def test_unknown_option_is_one_line_with_a_suggestion(main, argv, suggestion, tm
     code, _, err = run_main(main, argv, monkeypatch, capsys)
     assert code == 2 and "unknown option" in err and suggestion in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_refuses_colliding_output_names_before_any_work(tmp_path, tiny_cache, monkeypatch, capsys):
+    """The sweep's OutputPathError reaches the user as one line and exit status 2, before weights are touched."""
+    import sys
+
+    from experiments import common
+    from experiments import sweep as sw
+
+    monkeypatch.setattr(common, "ensure_synthetic", lambda *a, **k: pytest.fail("work started"))
+    argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", f"sweep_dir={tmp_path / 's'}"]
+    monkeypatch.setattr(sys, "argv", [*argv, "paths.run_files.gif=frames/x.gif"])
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            sw.main()
+    finally:
+        GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "lies inside paths.run_files.frames" in err and "Traceback" not in err
