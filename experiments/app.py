@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import shutil
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -438,6 +439,43 @@ class Session:
 # ------------------------------------------------------------------------------------------------- the page
 HISTORY_HEADERS = ["time", "mode", "prompt", "image seed", "video seed", "frames", "frame-0 PSNR (dB)", "seconds", "folder"]  # fmt: skip
 SAMPLING = ("steps", "guidance", "height", "width", "loras")  # what making and inverting an image read
+# the controls panel, one row of (Controls field, label) per line: a step range is two sliders, "<label> from/to"
+CONTROL_ROWS = (
+    (("insert_latent", "Latent insertion (frame 0 = the image)"),),
+    (("insert_steps", "insert"),),
+    (("share_kv", "Share frame 0's keys/values"),),
+    (("kv_mode", "K/V mode"), ("kv_source", "K/V source")),
+    (("kv_blocks", "K/V blocks"),),
+    (("kv_levels", "K/V levels"),),
+    (("kv_steps", "share"),),
+    (("window_attention", "Window attention"),),
+    (("window_blocks", "Window blocks"),),
+    (("window_size", "Window size (0: the clip)"),),
+    (("position_correction", "Position correction"),),
+    (("sliding_windows", "Sliding windows (long clips)"),),
+    (("noise_share", "Initial noise shared with the image's (0: own)"),),
+)
+CHOICES = {"kv_mode": ["replace", "concat"], "kv_source": ["cached", "current"], "kv_levels": ["0", "1", "2", "3"]}
+
+
+def control_widget(gr, c: dict[str, Any], name: str, label: str, shown: Mapping[str, Any]) -> None:
+    """The widget(s) of Controls field ``name``, added to ``c`` by widget name (``shown``: :func:`control_values`)."""
+    if name in STEP_RANGES:
+        with gr.Row():
+            for end in ("from", "to"):
+                c[f"{name}_{end}"] = gr.Slider(0, 1, shown[f"{name}_{end}"], step=0.05, label=f"{label} {end}")
+        return
+    value = shown[name]
+    if isinstance(value, bool):
+        c[name] = gr.Checkbox(value, label=label)
+    elif isinstance(value, str):
+        c[name] = gr.Radio(CHOICES[name], value=value, label=label)
+    elif isinstance(value, list):
+        c[name] = gr.CheckboxGroup(CHOICES.get(name, list(BLOCKS)), value=value, label=label)
+    elif name == "window_size":
+        c[name] = gr.Number(label=label, value=value, precision=0)
+    else:
+        c[name] = gr.Slider(0, 1, value=value, step=0.1, label=label)
 
 
 def build_ui(session: Session):
@@ -446,7 +484,7 @@ def build_ui(session: Session):
     An error changes only the status box (and shows a toast), so the page never shows a traceback and keeps working."""
     import gradio as gr
 
-    cfg, s, p = session.cfg, session.cfg.sampler, Controls.paper()
+    cfg, s, shown = session.cfg, session.cfg.sampler, control_values(Controls.paper())
     track = gr.Progress()  # as a default argument it makes Gradio pass each event's progress bar
     upload_types = sorted({*UPLOAD_FORMATS.values(), ".jpeg"})
     w: dict[str, Any] = {}  # input widgets by Session argument
@@ -495,28 +533,10 @@ def build_ui(session: Session):
                     )  # fmt: skip
                 with gr.Accordion("Controls", open=False):
                     preset = gr.Dropdown(list(Controls.PRESETS), value="paper", label="Preset")
-                    c["insert_latent"] = gr.Checkbox(p.insert_latent, label="Latent insertion (frame 0 = the image)")
-                    with gr.Row():
-                        c["insert_steps_from"] = gr.Slider(0, 1, p.insert_steps[0], step=0.05, label="insert from")
-                        c["insert_steps_to"] = gr.Slider(0, 1, p.insert_steps[1], step=0.05, label="insert to")
-                    c["share_kv"] = gr.Checkbox(p.share_kv, label="Share frame 0's keys/values")
-                    with gr.Row():
-                        c["kv_mode"] = gr.Radio(["replace", "concat"], value=p.kv_mode, label="K/V mode")
-                        c["kv_source"] = gr.Radio(["cached", "current"], value=p.kv_source, label="K/V source")
-                    c["kv_blocks"] = gr.CheckboxGroup(list(BLOCKS), value=list(p.kv_blocks), label="K/V blocks")
-                    levels = [str(v) for v in p.kv_levels]
-                    c["kv_levels"] = gr.CheckboxGroup(["0", "1", "2", "3"], value=levels, label="K/V levels")
-                    with gr.Row():
-                        c["kv_steps_from"] = gr.Slider(0, 1, p.kv_steps[0], step=0.05, label="share from")
-                        c["kv_steps_to"] = gr.Slider(0, 1, p.kv_steps[1], step=0.05, label="share to")
-                    c["window_attention"] = gr.Checkbox(p.window_attention, label="Window attention")
-                    blocks = list(p.window_blocks)
-                    c["window_blocks"] = gr.CheckboxGroup(list(BLOCKS), value=blocks, label="Window blocks")
-                    c["window_size"] = gr.Number(label="Window size (0: the clip)", value=0, precision=0)
-                    c["position_correction"] = gr.Checkbox(p.position_correction, label="Position correction")
-                    c["sliding_windows"] = gr.Checkbox(p.sliding_windows, label="Sliding windows (long clips)")
-                    label = "Initial noise shared with the image's (0: own)"
-                    c["noise_share"] = gr.Slider(0, 1, value=p.noise_share, step=0.1, label=label)
+                    for row in CONTROL_ROWS:
+                        with gr.Row() if len(row) > 1 else nullcontext():
+                            for name, label in row:
+                                control_widget(gr, c, name, label, shown)
             with gr.Column(scale=1):
                 label = "Candidates (click one to pick it)"
                 gallery = gr.Gallery(label=label, columns=4, format="png", allow_preview=False, elem_id="candidates")
@@ -561,17 +581,28 @@ def build_ui(session: Session):
             gr.Warning(message)
             return {status: f"**Error:** {message}"}
 
+        def shown_in_page(handler):
+            """``handler``, with every failure a message in the page (:func:`fail`). Gradio reads the signature
+            (``gr.Request``, ``gr.Progress``) of the wrapped function."""
+
+            @functools.wraps(handler)
+            def wrapped(*args, **kwargs):
+                try:
+                    return handler(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
+                    return fail(e)
+
+            return wrapped
+
         def named(data: dict, *names: str) -> dict[str, Any]:
             return {name: data[w[name]] for name in names}
 
+        @shown_in_page
         def on_make(data: dict, request, progress=track):
-            try:
-                images = session.candidates(
-                    **named(data, "prompt", "negative", "seed", "count", *SAMPLING), owner=request.session_hash,
-                    progress=progress,
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
-                return fail(e)
+            images = session.candidates(
+                **named(data, "prompt", "negative", "seed", "count", *SAMPLING), owner=request.session_hash,
+                progress=progress,
+            )  # fmt: skip
             return {
                 candidates_state: images,
                 gallery: [(to_pil(im.image), f"seed {im.seed}") for im in images],
@@ -585,14 +616,12 @@ def build_ui(session: Session):
             message = f"Picked candidate {evt.index + 1} (seed {im.seed}). Animate it."
             return {picked_state: im, picked_view: to_pil(im.image), status: message}
 
+        @shown_in_page
         def on_invert(data: dict, request, progress=track):
-            try:
-                im = session.invert(
-                    upload=data[w["upload"]], prompt=data[w["upload_prompt"]], **named(data, "negative", *SAMPLING),
-                    owner=request.session_hash, progress=progress,
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001
-                return fail(e)
+            im = session.invert(
+                upload=data[w["upload"]], prompt=data[w["upload_prompt"]], **named(data, "negative", *SAMPLING),
+                owner=request.session_hash, progress=progress,
+            )  # fmt: skip
             message = f"Inverted {im.info['source']}: reconstruction PSNR {im.info['psnr_db']:.2f} dB. Animate it."
             return {picked_state: im, picked_view: to_pil(im.image), status: message}
 
@@ -616,33 +645,27 @@ def build_ui(session: Session):
                 history: rows,
             }
 
+        @shown_in_page
         def on_animate(data: dict, request, progress=track):
-            try:
-                run = session.animate(
-                    data[picked_state], controls_from({name: data[widget] for name, widget in c.items()}),
-                    **named(data, "frames", "fps", "motion_prompt", "end_prompt", "mode", "end_upload", "loras"),
-                    seed=data[w["video_seed"]], owner=request.session_hash, progress=progress,
-                )  # fmt: skip
-                return finish(run, data[history_state])
-            except Exception as e:  # noqa: BLE001
-                return fail(e)
+            run = session.animate(
+                data[picked_state], controls_from({name: data[widget] for name, widget in c.items()}),
+                **named(data, "frames", "fps", "motion_prompt", "end_prompt", "mode", "end_upload", "loras"),
+                seed=data[w["video_seed"]], owner=request.session_hash, progress=progress,
+            )  # fmt: skip
+            return finish(run, data[history_state])
 
+        @shown_in_page
         def on_extend(data: dict, request, progress=track):
-            try:
-                args = named(data, "frames", "fps", "loras")
-                run = session.extend(data[run_state], **args, owner=request.session_hash, progress=progress)
-                return finish(run, data[history_state])
-            except Exception as e:  # noqa: BLE001
-                return fail(e)
+            args = named(data, "frames", "fps", "loras")
+            run = session.extend(data[run_state], **args, owner=request.session_hash, progress=progress)
+            return finish(run, data[history_state])
 
         def on_stop(request) -> None:  # the running request then ends after its current step and says so itself
             session.stop(request.session_hash)
 
+        @shown_in_page
         def on_preset(name):
-            try:
-                return {c[k]: v for k, v in control_values(Controls.preset(name)).items()}
-            except ValueError as e:
-                return fail(e)
+            return {c[k]: v for k, v in control_values(Controls.preset(name)).items()}
 
         # Gradio finds the request and event-data arguments by their annotations, which this module's postponed
         # annotations would leave as unresolvable strings (gradio is imported locally)
