@@ -43,14 +43,11 @@ from animatezero.io import MAX_UPLOAD_BYTES, UPLOAD_FORMATS, ImageInputError, ch
 from animatezero.pipeline import AnimateZeroPipeline, new_seed
 from animatezero.results import ImageResult, VideoResult, psnr
 from experiments import cli, common
+from experiments.budget import BUDGET, check_work
 from experiments.runs import RunRecord, environment, prepare_run_dir
 
 MAX_PROMPT_TOKENS = 75  # CLIP reads 77 tokens: start, 75 of the prompt, end
 MAX_CANDIDATES = 8
-# The work one request may ask for, in megapixel-steps: UNet passes over one frame x its pixels / 1e6 (a 512x512 image
-# of 25 steps is 6.6). The defaults are sized for SD1.5: 16 is two 512x512 candidates of 25 steps on a CPU;
-# 2000 is 19 clips of 16 frames at 512x512 and 25 steps on a GPU. The toy world's requests (64x64) are far below both.
-BUDGET = {"cpu": 16.0, "cuda": 2000.0}
 # the keys that choose a model; without any of them the toy-world model is used
 MODEL_KEYS = ("model", "checkpoint", "motion_module", "debug", "model.checkpoint", "motion", "motion.checkpoint")
 MODES = ("animate", "loop", "interpolate to a second image")
@@ -267,22 +264,7 @@ class Session:
             yield Job(total, desc, stop, progress, dict(self.checkpoints))
 
     def check_budget(self, what: str, count: int, steps: int, height: int, width: int, unit: str, extra: int = 0):
-        """Refuse ``(count + extra) x steps`` UNet passes at ``height x width`` when over the budget, saying what fits."""
-        pixels = height * width / 1e6
-        work = (count + extra) * steps * pixels
-        if work <= self.budget:
-            return
-        n_steps, n_count = int(self.budget / ((count + extra) * pixels)), int(self.budget / (steps * pixels)) - extra
-        side = int((self.budget * 1e6 / ((count + extra) * steps)) ** 0.5) // 64 * 64
-        fits = [f"at most {n_steps} steps"] if n_steps >= 1 else []
-        fits += [f"at most {n_count} {unit} at {steps} steps"] if n_count >= 1 else []
-        fits += [f"at most {side}x{side} pixels"] if side >= checks.MIN_SIZE else []
-        amount = f"{work:,.0f}" if work >= 10 else f"{work:.2g}"
-        raise AppInputError(
-            f"{what} is {amount} megapixel-steps ({count} {unit} x {steps} steps at {width}x{height}), over this "
-            f"app's budget of {self.budget:g} per request on {self.pipe.device} (animatezero-app --budget N). What "
-            f"fits, changing one setting: {', or '.join(fits) or 'nothing at this size; lower several'}"
-        )
+        check_work(self.budget, str(self.pipe.device), what, count, steps, height, width, unit, extra)
 
     def prompt(self, text: str | None, what: str = "prompt") -> str:
         """``text`` stripped; more than CLIP's 75 tokens is an error (the end would be silently cut off)."""
