@@ -421,23 +421,18 @@ class Session:
 # ------------------------------------------------------------------------------------------------- the page
 HISTORY_HEADERS = ["time", "mode", "prompt", "image seed", "video seed", "frames", "frame-0 PSNR (dB)", "seconds", "folder"]  # fmt: skip
 SAMPLING = ("steps", "guidance", "height", "width", "loras")  # what making and inverting an image read
-# the controls panel, one row of (Controls field, label) per line: a step range is two sliders, "<label> from/to"
+# the controls panel: rows of (Controls field, label), by subject; a step range is two sliders, "<label> from/to"
 CONTROL_ROWS = (
-    (("insert_latent", "Latent insertion (frame 0 = the image)"),),
-    (("insert_steps", "insert"),),
-    (("share_kv", "Share frame 0's keys/values"),),
-    (("kv_mode", "K/V mode"), ("kv_source", "K/V source")),
-    (("kv_blocks", "K/V blocks"),),
-    (("kv_levels", "K/V levels"),),
-    (("kv_steps", "share"),),
-    (("window_attention", "Window attention"),),
-    (("window_blocks", "Window blocks"),),
-    (("window_size", "Window size (0: the clip)"),),
-    (("position_correction", "Position correction"),),
-    (("sliding_windows", "Sliding windows (long clips)"),),
-    (("noise_share", "Initial noise shared with the image's (0: own)"),),
+    [("insert_latent", "Latent insertion (frame 0 = the image)")], [("insert_steps", "insert")],
+    [("share_kv", "Share frame 0's keys/values")], [("kv_mode", "K/V mode"), ("kv_source", "K/V source")],
+    [("kv_blocks", "K/V blocks")], [("kv_levels", "K/V levels")], [("kv_steps", "share")],
+    [("window_attention", "Window attention")], [("window_blocks", "Window blocks")],
+    [("window_size", "Window size (0: the clip)")],
+    [("position_correction", "Position correction")], [("sliding_windows", "Sliding windows (long clips)")],
+    [("noise_share", "Initial noise shared with the image's (0: own)")],
 )
 CHOICES = {"kv_mode": ["replace", "concat"], "kv_source": ["cached", "current"], "kv_levels": ["0", "1", "2", "3"]}
+CHOICES |= {"kv_blocks": list(BLOCKS), "window_blocks": list(BLOCKS)}
 
 
 def control_widget(gr, c: dict[str, Any], name: str, label: str, shown: Mapping[str, Any]) -> None:
@@ -450,10 +445,8 @@ def control_widget(gr, c: dict[str, Any], name: str, label: str, shown: Mapping[
     value = shown[name]
     if isinstance(value, bool):
         c[name] = gr.Checkbox(value, label=label)
-    elif isinstance(value, str):
-        c[name] = gr.Radio(CHOICES[name], value=value, label=label)
-    elif isinstance(value, list):
-        c[name] = gr.CheckboxGroup(CHOICES.get(name, list(BLOCKS)), value=value, label=label)
+    elif name in CHOICES:  # one of them (a string), or several (a list)
+        c[name] = (gr.Radio if isinstance(value, str) else gr.CheckboxGroup)(CHOICES[name], value=value, label=label)
     elif name == "window_size":
         c[name] = gr.Number(label=label, value=value, precision=0)
     else:
