@@ -239,17 +239,13 @@ class Session:
     def loras(self, text: str | None) -> dict[str, dict] | None:
         """The LoRA field (``style.safetensors:0.8, other.safetensors``; empty: none) as run.json's ``lora_i``
         records ``{ref, path, sha256, scale}``: entries parsed and files resolved by the CLI's code
-        (:func:`experiments.cli.parse_lora_entry`, :func:`experiments.common.resolve_checkpoints`), so a bad entry or a
-        missing file is refused before any work. ``None``: keep the LoRAs merged now."""
+        (:func:`experiments.common.resolve_checkpoints`: the config's ``lora`` list), so a bad entry or a missing file
+        is refused before any work. ``None``: keep the LoRAs merged now."""
         if text is None:
             return None
-        items = [item.strip() for item in str(text).strip().strip("[]").split(",") if item.strip()]
-        entries = [cli.parse_lora_entry(item, f"lora[{i}]") for i, item in enumerate(items)]
-        if not entries:
-            return {}
         cfg = copy.deepcopy(self.cfg)
-        cfg.lora = [{"path": ref, "scale": scale} for ref, scale in entries]
-        return self.lora_records(common.resolve_checkpoints(cfg))
+        cfg.lora = [item.strip() for item in str(text).strip().strip("[]").split(",") if item.strip()]
+        return self.lora_records(common.resolve_checkpoints(cfg)) if cfg.lora else {}
 
     @contextmanager
     def turn(self, owner: str, total: int, desc: str, progress=None, loras: dict[str, dict] | None = None):
@@ -679,9 +675,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "(e.g. debug=tiny, checkpoint=... motion_module=...). Without a model choice: the toy-world model.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument(
-        "--port", type=int, default=7860, help="port (default 7860; 0: the first free one from 7860 up)"
-    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: the first free one from 7860 up)")
     parser.add_argument(
         "--budget", type=float, default=None, help="the most work one request may ask for, in megapixel-steps "
         f"(UNet passes x pixels / 1e6; default {BUDGET['cpu']:g} on a CPU, {BUDGET['cuda']:g} on a GPU)",
@@ -699,14 +693,9 @@ def launch(session: Session, host: str, port: int, block: bool = True):
     """Serve the page; with ``block=False`` return ``(demo, url)`` and serve in a background thread."""
     demo = build_ui(session)
     _, url, _ = demo.launch(
-        server_name=host,
-        server_port=port or None,
-        prevent_thread_lock=not block,
-        allowed_paths=[str((session.root / "app").resolve())],
-        max_file_size=MAX_UPLOAD_BYTES,
-        quiet=not block,
-        footer_links=[],
-    )
+        server_name=host, server_port=port or None, prevent_thread_lock=not block, quiet=not block, footer_links=[],
+        allowed_paths=[str((session.root / "app").resolve())], max_file_size=MAX_UPLOAD_BYTES,
+    )  # fmt: skip
     return demo, url
 
 
