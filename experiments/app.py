@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import shutil
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,11 @@ from animatezero.io import MAX_UPLOAD_BYTES, UPLOAD_FORMATS, ImageInputError, ch
 from animatezero.pipeline import AnimateZeroPipeline, new_seed
 from animatezero.results import ImageResult, VideoResult, psnr
 from experiments import cli, common
+from experiments.budget import BUDGET, check_work
 from experiments.runs import RunRecord, environment, prepare_run_dir
 
 MAX_PROMPT_TOKENS = 75  # CLIP reads 77 tokens: start, 75 of the prompt, end
 MAX_CANDIDATES = 8
-# The work one request may ask for, in megapixel-steps: UNet passes over one frame x its pixels / 1e6 (a 512x512 image
-# of 25 steps is 6.6). The defaults are sized for SD1.5: 16 is two 512x512 candidates of 25 steps on a CPU;
-# 2000 is 19 clips of 16 frames at 512x512 and 25 steps on a GPU. The toy world's requests (64x64) are far below both.
-BUDGET = {"cpu": 16.0, "cuda": 2000.0}
 # the keys that choose a model; without any of them the toy-world model is used
 MODEL_KEYS = ("model", "checkpoint", "motion_module", "debug", "model.checkpoint", "motion", "motion.checkpoint")
 MODES = ("animate", "loop", "interpolate to a second image")
@@ -241,17 +239,13 @@ class Session:
     def loras(self, text: str | None) -> dict[str, dict] | None:
         """The LoRA field (``style.safetensors:0.8, other.safetensors``; empty: none) as run.json's ``lora_i``
         records ``{ref, path, sha256, scale}``: entries parsed and files resolved by the CLI's code
-        (:func:`experiments.cli.parse_lora_entry`, :func:`experiments.common.resolve_checkpoints`), so a bad entry or a
-        missing file is refused before any work. ``None``: keep the LoRAs merged now."""
+        (:func:`experiments.common.resolve_checkpoints`: the config's ``lora`` list), so a bad entry or a missing file
+        is refused before any work. ``None``: keep the LoRAs merged now."""
         if text is None:
             return None
-        items = [item.strip() for item in str(text).strip().strip("[]").split(",") if item.strip()]
-        entries = [cli.parse_lora_entry(item, f"lora[{i}]") for i, item in enumerate(items)]
-        if not entries:
-            return {}
         cfg = copy.deepcopy(self.cfg)
-        cfg.lora = [{"path": ref, "scale": scale} for ref, scale in entries]
-        return self.lora_records(common.resolve_checkpoints(cfg))
+        cfg.lora = [item.strip() for item in str(text).strip().strip("[]").split(",") if item.strip()]
+        return self.lora_records(common.resolve_checkpoints(cfg)) if cfg.lora else {}
 
     @contextmanager
     def turn(self, owner: str, total: int, desc: str, progress=None, loras: dict[str, dict] | None = None):
@@ -266,22 +260,7 @@ class Session:
             yield Job(total, desc, stop, progress, dict(self.checkpoints))
 
     def check_budget(self, what: str, count: int, steps: int, height: int, width: int, unit: str, extra: int = 0):
-        """Refuse ``(count + extra) x steps`` UNet passes at ``height x width`` when over the budget, saying what fits."""
-        pixels = height * width / 1e6
-        work = (count + extra) * steps * pixels
-        if work <= self.budget:
-            return
-        n_steps, n_count = int(self.budget / ((count + extra) * pixels)), int(self.budget / (steps * pixels)) - extra
-        side = int((self.budget * 1e6 / ((count + extra) * steps)) ** 0.5) // 64 * 64
-        fits = [f"at most {n_steps} steps"] if n_steps >= 1 else []
-        fits += [f"at most {n_count} {unit} at {steps} steps"] if n_count >= 1 else []
-        fits += [f"at most {side}x{side} pixels"] if side >= checks.MIN_SIZE else []
-        amount = f"{work:,.0f}" if work >= 10 else f"{work:.2g}"
-        raise AppInputError(
-            f"{what} is {amount} megapixel-steps ({count} {unit} x {steps} steps at {width}x{height}), over this "
-            f"app's budget of {self.budget:g} per request on {self.pipe.device} (animatezero-app --budget N). What "
-            f"fits, changing one setting: {', or '.join(fits) or 'nothing at this size; lower several'}"
-        )
+        check_work(self.budget, str(self.pipe.device), what, count, steps, height, width, unit, extra)
 
     def prompt(self, text: str | None, what: str = "prompt") -> str:
         """``text`` stripped; more than CLIP's 75 tokens is an error (the end would be silently cut off)."""
@@ -438,6 +417,36 @@ class Session:
 # ------------------------------------------------------------------------------------------------- the page
 HISTORY_HEADERS = ["time", "mode", "prompt", "image seed", "video seed", "frames", "frame-0 PSNR (dB)", "seconds", "folder"]  # fmt: skip
 SAMPLING = ("steps", "guidance", "height", "width", "loras")  # what making and inverting an image read
+# the controls panel: rows of (Controls field, label), by subject; a step range is two sliders, "<label> from/to"
+CONTROL_ROWS = (
+    [("insert_latent", "Latent insertion (frame 0 = the image)")], [("insert_steps", "insert")],
+    [("share_kv", "Share frame 0's keys/values")], [("kv_mode", "K/V mode"), ("kv_source", "K/V source")],
+    [("kv_blocks", "K/V blocks")], [("kv_levels", "K/V levels")], [("kv_steps", "share")],
+    [("window_attention", "Window attention")], [("window_blocks", "Window blocks")],
+    [("window_size", "Window size (0: the clip)")],
+    [("position_correction", "Position correction")], [("sliding_windows", "Sliding windows (long clips)")],
+    [("noise_share", "Initial noise shared with the image's (0: own)")],
+)
+CHOICES = {"kv_mode": ["replace", "concat"], "kv_source": ["cached", "current"], "kv_levels": ["0", "1", "2", "3"]}
+CHOICES |= {"kv_blocks": list(BLOCKS), "window_blocks": list(BLOCKS)}
+
+
+def control_widget(gr, c: dict[str, Any], name: str, label: str, shown: Mapping[str, Any]) -> None:
+    """The widget(s) of Controls field ``name``, added to ``c`` by widget name (``shown``: :func:`control_values`)."""
+    if name in STEP_RANGES:
+        with gr.Row():
+            for end in ("from", "to"):
+                c[f"{name}_{end}"] = gr.Slider(0, 1, shown[f"{name}_{end}"], step=0.05, label=f"{label} {end}")
+        return
+    value = shown[name]
+    if isinstance(value, bool):
+        c[name] = gr.Checkbox(value, label=label)
+    elif name in CHOICES:  # one of them (a string), or several (a list)
+        c[name] = (gr.Radio if isinstance(value, str) else gr.CheckboxGroup)(CHOICES[name], value=value, label=label)
+    elif name == "window_size":
+        c[name] = gr.Number(label=label, value=value, precision=0)
+    else:
+        c[name] = gr.Slider(0, 1, value=value, step=0.1, label=label)
 
 
 def build_ui(session: Session):
@@ -446,7 +455,7 @@ def build_ui(session: Session):
     An error changes only the status box (and shows a toast), so the page never shows a traceback and keeps working."""
     import gradio as gr
 
-    cfg, s, p = session.cfg, session.cfg.sampler, Controls.paper()
+    cfg, s, shown = session.cfg, session.cfg.sampler, control_values(Controls.paper())
     track = gr.Progress()  # as a default argument it makes Gradio pass each event's progress bar
     upload_types = sorted({*UPLOAD_FORMATS.values(), ".jpeg"})
     w: dict[str, Any] = {}  # input widgets by Session argument
@@ -495,28 +504,10 @@ def build_ui(session: Session):
                     )  # fmt: skip
                 with gr.Accordion("Controls", open=False):
                     preset = gr.Dropdown(list(Controls.PRESETS), value="paper", label="Preset")
-                    c["insert_latent"] = gr.Checkbox(p.insert_latent, label="Latent insertion (frame 0 = the image)")
-                    with gr.Row():
-                        c["insert_steps_from"] = gr.Slider(0, 1, p.insert_steps[0], step=0.05, label="insert from")
-                        c["insert_steps_to"] = gr.Slider(0, 1, p.insert_steps[1], step=0.05, label="insert to")
-                    c["share_kv"] = gr.Checkbox(p.share_kv, label="Share frame 0's keys/values")
-                    with gr.Row():
-                        c["kv_mode"] = gr.Radio(["replace", "concat"], value=p.kv_mode, label="K/V mode")
-                        c["kv_source"] = gr.Radio(["cached", "current"], value=p.kv_source, label="K/V source")
-                    c["kv_blocks"] = gr.CheckboxGroup(list(BLOCKS), value=list(p.kv_blocks), label="K/V blocks")
-                    levels = [str(v) for v in p.kv_levels]
-                    c["kv_levels"] = gr.CheckboxGroup(["0", "1", "2", "3"], value=levels, label="K/V levels")
-                    with gr.Row():
-                        c["kv_steps_from"] = gr.Slider(0, 1, p.kv_steps[0], step=0.05, label="share from")
-                        c["kv_steps_to"] = gr.Slider(0, 1, p.kv_steps[1], step=0.05, label="share to")
-                    c["window_attention"] = gr.Checkbox(p.window_attention, label="Window attention")
-                    blocks = list(p.window_blocks)
-                    c["window_blocks"] = gr.CheckboxGroup(list(BLOCKS), value=blocks, label="Window blocks")
-                    c["window_size"] = gr.Number(label="Window size (0: the clip)", value=0, precision=0)
-                    c["position_correction"] = gr.Checkbox(p.position_correction, label="Position correction")
-                    c["sliding_windows"] = gr.Checkbox(p.sliding_windows, label="Sliding windows (long clips)")
-                    label = "Initial noise shared with the image's (0: own)"
-                    c["noise_share"] = gr.Slider(0, 1, value=p.noise_share, step=0.1, label=label)
+                    for row in CONTROL_ROWS:
+                        with gr.Row() if len(row) > 1 else nullcontext():
+                            for name, label in row:
+                                control_widget(gr, c, name, label, shown)
             with gr.Column(scale=1):
                 label = "Candidates (click one to pick it)"
                 gallery = gr.Gallery(label=label, columns=4, format="png", allow_preview=False, elem_id="candidates")
@@ -561,17 +552,28 @@ def build_ui(session: Session):
             gr.Warning(message)
             return {status: f"**Error:** {message}"}
 
+        def shown_in_page(handler):
+            """``handler``, with every failure a message in the page (:func:`fail`). Gradio reads the signature
+            (``gr.Request``, ``gr.Progress``) of the wrapped function."""
+
+            @functools.wraps(handler)
+            def wrapped(*args, **kwargs):
+                try:
+                    return handler(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
+                    return fail(e)
+
+            return wrapped
+
         def named(data: dict, *names: str) -> dict[str, Any]:
             return {name: data[w[name]] for name in names}
 
+        @shown_in_page
         def on_make(data: dict, request, progress=track):
-            try:
-                images = session.candidates(
-                    **named(data, "prompt", "negative", "seed", "count", *SAMPLING), owner=request.session_hash,
-                    progress=progress,
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
-                return fail(e)
+            images = session.candidates(
+                **named(data, "prompt", "negative", "seed", "count", *SAMPLING), owner=request.session_hash,
+                progress=progress,
+            )  # fmt: skip
             return {
                 candidates_state: images,
                 gallery: [(to_pil(im.image), f"seed {im.seed}") for im in images],
@@ -585,14 +587,12 @@ def build_ui(session: Session):
             message = f"Picked candidate {evt.index + 1} (seed {im.seed}). Animate it."
             return {picked_state: im, picked_view: to_pil(im.image), status: message}
 
+        @shown_in_page
         def on_invert(data: dict, request, progress=track):
-            try:
-                im = session.invert(
-                    upload=data[w["upload"]], prompt=data[w["upload_prompt"]], **named(data, "negative", *SAMPLING),
-                    owner=request.session_hash, progress=progress,
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001
-                return fail(e)
+            im = session.invert(
+                upload=data[w["upload"]], prompt=data[w["upload_prompt"]], **named(data, "negative", *SAMPLING),
+                owner=request.session_hash, progress=progress,
+            )  # fmt: skip
             message = f"Inverted {im.info['source']}: reconstruction PSNR {im.info['psnr_db']:.2f} dB. Animate it."
             return {picked_state: im, picked_view: to_pil(im.image), status: message}
 
@@ -616,33 +616,27 @@ def build_ui(session: Session):
                 history: rows,
             }
 
+        @shown_in_page
         def on_animate(data: dict, request, progress=track):
-            try:
-                run = session.animate(
-                    data[picked_state], controls_from({name: data[widget] for name, widget in c.items()}),
-                    **named(data, "frames", "fps", "motion_prompt", "end_prompt", "mode", "end_upload", "loras"),
-                    seed=data[w["video_seed"]], owner=request.session_hash, progress=progress,
-                )  # fmt: skip
-                return finish(run, data[history_state])
-            except Exception as e:  # noqa: BLE001
-                return fail(e)
+            run = session.animate(
+                data[picked_state], controls_from({name: data[widget] for name, widget in c.items()}),
+                **named(data, "frames", "fps", "motion_prompt", "end_prompt", "mode", "end_upload", "loras"),
+                seed=data[w["video_seed"]], owner=request.session_hash, progress=progress,
+            )  # fmt: skip
+            return finish(run, data[history_state])
 
+        @shown_in_page
         def on_extend(data: dict, request, progress=track):
-            try:
-                args = named(data, "frames", "fps", "loras")
-                run = session.extend(data[run_state], **args, owner=request.session_hash, progress=progress)
-                return finish(run, data[history_state])
-            except Exception as e:  # noqa: BLE001
-                return fail(e)
+            args = named(data, "frames", "fps", "loras")
+            run = session.extend(data[run_state], **args, owner=request.session_hash, progress=progress)
+            return finish(run, data[history_state])
 
         def on_stop(request) -> None:  # the running request then ends after its current step and says so itself
             session.stop(request.session_hash)
 
+        @shown_in_page
         def on_preset(name):
-            try:
-                return {c[k]: v for k, v in control_values(Controls.preset(name)).items()}
-            except ValueError as e:
-                return fail(e)
+            return {c[k]: v for k, v in control_values(Controls.preset(name)).items()}
 
         # Gradio finds the request and event-data arguments by their annotations, which this module's postponed
         # annotations would leave as unresolvable strings (gradio is imported locally)
@@ -681,9 +675,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "(e.g. debug=tiny, checkpoint=... motion_module=...). Without a model choice: the toy-world model.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument(
-        "--port", type=int, default=7860, help="port (default 7860; 0: the first free one from 7860 up)"
-    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: the first free one from 7860 up)")
     parser.add_argument(
         "--budget", type=float, default=None, help="the most work one request may ask for, in megapixel-steps "
         f"(UNet passes x pixels / 1e6; default {BUDGET['cpu']:g} on a CPU, {BUDGET['cuda']:g} on a GPU)",
@@ -701,14 +693,9 @@ def launch(session: Session, host: str, port: int, block: bool = True):
     """Serve the page; with ``block=False`` return ``(demo, url)`` and serve in a background thread."""
     demo = build_ui(session)
     _, url, _ = demo.launch(
-        server_name=host,
-        server_port=port or None,
-        prevent_thread_lock=not block,
-        allowed_paths=[str((session.root / "app").resolve())],
-        max_file_size=MAX_UPLOAD_BYTES,
-        quiet=not block,
-        footer_links=[],
-    )
+        server_name=host, server_port=port or None, prevent_thread_lock=not block, quiet=not block, footer_links=[],
+        allowed_paths=[str((session.root / "app").resolve())], max_file_size=MAX_UPLOAD_BYTES,
+    )  # fmt: skip
     return demo, url
 
 

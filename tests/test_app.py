@@ -14,6 +14,7 @@ from PIL import Image
 from animatezero import toyworld
 from animatezero.controls import Controls
 from experiments import app
+from experiments.budget import OverBudgetError
 
 SAMPLING = {"steps": 2, "guidance": 7.5, "height": 64, "width": 64}
 
@@ -120,13 +121,13 @@ def test_work_over_the_budget_is_refused_up_front_saying_what_fits(session, monk
     request = {"prompt": "a cat", "count": 8, "steps": 200, "guidance": 7.5, "height": 1024, "width": 1024}
     assert session.budget == app.BUDGET["cpu"]
     with pytest.raises(
-        app.AppInputError, match=r"1,678 megapixel-steps .* budget of 16 .* What fits.*at most 1 steps"
+        OverBudgetError, match=r"1,678 megapixel-steps .* budget of 16 .* What fits.*at most 1 steps"
     ) as e:
         session.candidates(**request, progress=steps)
     assert "at most 64x64 pixels" in str(e.value) and "candidates at 200" not in str(e.value) and steps.calls == 0
     monkeypatch.setattr(session, "budget", 0.05)  # 8 x 64x64 x 2 steps = 0.066
     with pytest.raises(
-        app.AppInputError,
+        OverBudgetError,
         match=r"0.066 megapixel-steps.*changing one setting: at most 1 steps, or at most 6 candidates at 2 steps$",
     ):
         session.candidates(prompt="a cat", count=8, **SAMPLING, progress=steps)
