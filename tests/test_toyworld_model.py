@@ -189,6 +189,7 @@ def test_animatezero_keeps_the_image_and_the_objects_color(pipe):
     assert got["color_kept_mean"] >= want["color_kept_mean"] - 0.2, (got, want)
 
 
+@pytest.mark.slow  # 24 clips of 10 steps: over a minute on a 2-core CPU; .ci/run runs it (pytest -m slow)
 def test_text_to_video_moves_as_captioned_above_chance(pipe):
     """The motion module learned the motion word, its axis and its sign: text-to-video clips of held-out prompts move
     as captioned far above chance (4 of 24). Margin: 6 clips."""

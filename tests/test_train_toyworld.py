@@ -24,6 +24,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # every stage of the recipe, shortened: over a minute on a 2-core CPU; .ci/run runs it
 def test_trainer_runs_every_stage_and_exports_loadable_files(tmp_path, capsys):
     threads = torch.get_num_threads()
     state, dest = tmp_path / "state", tmp_path / "dest"
