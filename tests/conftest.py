@@ -25,6 +25,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """The debug model's cache folder (paths.cache_dir), one per session so its checkpoints are written once."""
+    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
+
+
+@pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory):
     """Tiny SD1.5 checkpoint and v1/v2/v3 motion modules, written once per session (fp32)."""
     from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+from models.config import MotionConfig, UNetConfig
 from models.loading import load_motion_lora, load_motion_module, load_sd15, load_vae
 from models.readers import (
     MAX_SAFETENSORS_HEADER,
@@ -35,10 +35,7 @@ from models.synthetic import (
     write_motion_lora,
     write_motion_module,
 )
-
-UNET_CFG = UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), context_dim=64)
-VAE_CFG = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2))
-CLIP_CFG = CLIPTextConfig(vocab_size=1000, width=64, layers=2, heads=1, mlp_dim=256)
+from tests.narrow_configs import CLIP_CFG, UNET_CFG, VAE_CFG
 
 
 def motion_cfg(version: int) -> MotionConfig:

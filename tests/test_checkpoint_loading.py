@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from models.attention import sinusoidal_positions
-from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+from models.config import MotionConfig
 from models.families import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, detect_family, detect_motion_version
 from models.loading import load_motion_lora, load_motion_module, load_sd15, load_vae
 from models.readers import file_sha256, read_state_dict
@@ -29,11 +29,7 @@ from models.synthetic import (
     write_motion_lora,
     write_motion_module,
 )
-
-# Narrower than the configs' tiny() variants to keep the tests fast; still 4 levels, attention on levels 0-2.
-UNET_CFG = UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), context_dim=64)
-VAE_CFG = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2))
-CLIP_CFG = CLIPTextConfig(vocab_size=1000, width=64, layers=2, heads=1, mlp_dim=256)  # heads = 64 // 64
+from tests.narrow_configs import CLIP_CFG, UNET_CFG, VAE_CFG
 
 
 def motion_cfg(version: int) -> MotionConfig:

@@ -15,6 +15,7 @@ from experiments import generate as gen
 from models.readers import file_sha256
 from tests.console import run_main
 
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"

@@ -20,7 +20,7 @@ import models.readers as readers
 from animatezero.hub import checkpoint_sha256
 from animatezero.pipeline import AnimateZeroPipeline
 from experiments import cli
-from models.config import CLIPTextConfig, MotionConfig, UNetConfig, VAEConfig
+from models.config import MotionConfig
 from models.loading import load_motion_lora, load_motion_module, load_sd15
 from models.readers import (
     MAX_NESTING,
@@ -43,10 +43,8 @@ from models.synthetic import (
     write_motion_lora,
     write_motion_module,
 )
+from tests.narrow_configs import CLIP_CFG, UNET_CFG, VAE_CFG
 
-UNET_CFG = UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), context_dim=64)
-VAE_CFG = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2))
-CLIP_CFG = CLIPTextConfig(vocab_size=1000, width=64, layers=2, heads=1, mlp_dim=256)
 MOTION_CFG = MotionConfig.for_version(2, UNET_CFG.block_channels)
 POSITION_IDS = CLIP_PREFIX + "embeddings.position_ids"
 HUGE_NAME = "x" * (1 << 20)  # a 1 MB key name

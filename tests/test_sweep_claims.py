@@ -8,31 +8,16 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
-
-import pytest
-from hydra import compose, initialize_config_dir
 
 from experiments import common
 from experiments import sweep as sw
 from experiments.runs import claim, claim_path, read_run
+from tests.sweeps import sweep_cfg
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIGURATIONS = "configurations={animatediff:{preset:animatediff},paper:{preset:paper}}"
 ITEMS = ["animatediff/cat_s1", "animatediff/waves_s2", "paper/cat_s1", "paper/waves_s2"]
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
-
-def sweep_cfg(cache, sweep_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(
-            "sweep",
-            overrides=["debug=tiny", "prompts=smoke", f"paths.cache_dir={cache}", f"sweep_dir={sweep_dir}", *overrides],
-        )
 
 
 def item_dirs(root):

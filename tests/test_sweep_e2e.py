@@ -16,6 +16,7 @@ from evaluation.tables import main as tables_main
 from experiments import common
 from experiments import evaluate as ev
 from experiments import sweep as sw
+from tests.sweeps import sweep_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -44,17 +45,6 @@ def toy_networks():
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
-
-def sweep_cfg(cache, sweep_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(
-            "sweep",
-            overrides=["debug=tiny", "prompts=smoke", f"paths.cache_dir={cache}", f"sweep_dir={sweep_dir}", *overrides],
-        )
 
 
 @pytest.fixture

@@ -3,32 +3,22 @@ every model setting that changes the pixels (a bf16 item is no longer silently r
 of an older sweep, fingerprinted before these were, still resumes when its recorded dtype and device match."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from animatezero.controls import Controls
 from experiments import cli, common
 from experiments import sweep as sw
 from experiments.runs import read_run
+from tests import sweeps
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ONE_ITEM = "prompts.items=[{id: cat, prompt: x, seed: 1}]"
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
 
 def sweep_cfg(cache, sweep_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(
-            "sweep",
-            overrides=["debug=tiny", f"paths.cache_dir={cache}", f"sweep_dir={sweep_dir}", ONE_ITEM, *overrides],
-        )
+    return sweeps.sweep_cfg(cache, sweep_dir, *overrides, prompts=ONE_ITEM)
 
 
 @pytest.fixture
