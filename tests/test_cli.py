@@ -22,11 +22,6 @@ from experiments.runs import OutputDirError, OutputPathError, WandbRun, inside, 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """paths.cache_dir for debug=tiny; the tiny checkpoints are written there on first use."""
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
 
 def tiny_cfg(cache, *overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

@@ -20,10 +20,6 @@ from tests.console import run_main
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
 
 # ------------------------------------------------------------------------------------------------- CLI errors
 BAD = [

@@ -18,10 +18,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LONG = "a" * 300  # one path component over the 255 bytes file systems allow
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
 
 def run_cli(argv, monkeypatch, capsys):
     """``animatezero ARGV`` as typed in a shell -> (exit status, stderr)."""

@@ -158,10 +158,6 @@ def test_nan_weights_are_rejected_at_load_with_their_names(tmp_path, motion_file
         load_motion_module(bad)
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
 
 @pytest.mark.parametrize("kind", ["fifo", "devzero", "directory"])
 def test_cli_refuses_a_non_file_checkpoint_at_once(tmp_path, tiny_cache, monkeypatch, capsys, kind):

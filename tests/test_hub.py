@@ -16,11 +16,6 @@ from models.readers import file_sha256
 from tests.console import run_main
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
-
 # ------------------------------------------------------------------------------------------------- local or hub
 def test_local_paths_are_never_hub_references(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

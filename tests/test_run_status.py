@@ -18,10 +18,6 @@ from experiments.runs import RESERVE, OutputWriteError, RunRecord, read_run, rew
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "animatezero_tiny_cache"
-
 
 def tiny_cfg(cache, *overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
