@@ -258,20 +258,11 @@ def test_unknown_option_is_one_line_with_a_suggestion(main, argv, suggestion, tm
 
 def test_sweep_refuses_colliding_output_names_before_any_work(tmp_path, tiny_cache, monkeypatch, capsys):
     """The sweep's OutputPathError reaches the user as one line and exit status 2, before weights are touched."""
-    import sys
 
     from experiments import common
     from experiments import sweep as sw
 
     monkeypatch.setattr(common, "ensure_synthetic", lambda *a, **k: pytest.fail("work started"))
     argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tiny_cache}", f"sweep_dir={tmp_path / 's'}"]
-    monkeypatch.setattr(sys, "argv", [*argv, "paths.run_files.gif=frames/x.gif"])
-    from hydra.core.global_hydra import GlobalHydra
-
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            sw.main()
-    finally:
-        GlobalHydra.instance().clear()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "lies inside paths.run_files.frames" in err and "Traceback" not in err
+    code, _, err = run_main(sw.main, [*argv, "paths.run_files.gif=frames/x.gif"], monkeypatch, capsys)
+    assert code == 2 and "lies inside paths.run_files.frames" in err and "Traceback" not in err

@@ -1,7 +1,7 @@
 """No test imports code from ``scripts/``: a script is a thin command line over a module, and tests test the module
 (or run the script as a user runs it, in a subprocess). Checked on the syntax tree of every ``tests/*.py``:
-``import`` and ``from`` statements naming that folder's package, and calls that load a file or put a folder on the import path
-(``sys.path.insert/append``, ``importlib.util.spec_from_file_location``, ``importlib.import_module``,
+``import`` and ``from`` statements naming that folder's package, and calls that load a file or put a folder on the
+import path (``sys.path.insert/append``, ``importlib.util.spec_from_file_location``, ``importlib.import_module``,
 ``runpy.run_path/run_module``, ``SourceFileLoader``) whose arguments mention ``scripts``."""
 
 from __future__ import annotations

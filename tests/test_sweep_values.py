@@ -1,11 +1,9 @@
 """Bad sweep items and values: one line naming the item, exit status 2, before the sweep folder exists."""
 
-import sys
-
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from experiments import sweep as sw
+from tests.console import run_main
 
 BAD = [
     ("prompts.items=[{id: a, prompt: x, seed: -5}]", "prompts.items[0] (id 'a', prompt set 'smoke'): seed=-5"),
@@ -26,13 +24,7 @@ def test_bad_sweep_value(tmp_path, monkeypatch, capsys, arg, named):
     root = tmp_path / "sweep"
     argv = ["sweep", "debug=tiny", "prompts=smoke", f"paths.cache_dir={tmp_path / 'cache'}", f"sweep_dir={root}"]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [*argv, "repeats=2", arg])
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            sw.main()
-    finally:
-        GlobalHydra.instance().clear()
-    err = capsys.readouterr().err
+    code, _, err = run_main(sw.main, [*argv, "repeats=2", arg], monkeypatch, capsys)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2 and len(lines) == 1 and named in lines[0], err
+    assert code == 2 and len(lines) == 1 and named in lines[0], err
     assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
